@@ -1,0 +1,26 @@
+"""pluggy hook specifications. Plugins register through the entry-point group ``cronium``.
+
+Hooks are synchronous registrars; the behaviour lives on the registered classes::
+
+    @hookimpl
+    def cronium_register_executors(register):
+        register.add("docker", DockerExecutor)
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pluggy
+
+if TYPE_CHECKING:
+    from .plugins import ExecutorRegistry
+
+PROJECT = "cronium"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@hookspec
+def cronium_register_executors(register: ExecutorRegistry) -> None:
+    """Add executor classes: ``register.add(name, cls)``; ``cls(config)`` builds one."""
