@@ -1,0 +1,1 @@
+"""Cronium runtime helpers for Python scripts."""
