@@ -53,7 +53,9 @@ class Job:
     max_attempts: int = 1
     run_after: datetime
     created_at: datetime
+    executor: str = "local"
     lease_owner: str | None = None
+    lease_id: str | None = None
     lease_expires: datetime | None = None
     heartbeat_at: datetime | None = None
     started_at: datetime | None = None
@@ -68,6 +70,7 @@ class Job:
     node_id: str | None = None
     idempotency_key: str | None = None
     timeout: float = 3600.0
+    backfilled: bool = False
     #: set when a log line's body was cut (flood guard) so readers know the log is partial
     log_truncated: bool = False
 

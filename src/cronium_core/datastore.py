@@ -1,0 +1,329 @@
+"""The data store: one SQLAlchemy async engine (SQLite file or PostgreSQL) and the CRUD of
+events and workflows. The job queue (:mod:`.queue`) and the engines work on the same store.
+
+SQLite: WAL, ``BEGIN IMMEDIATE`` for every transaction (one writer, no upgrade deadlocks),
+a busy timeout for other processes, and an in-process lock so that the tasks of one process
+queue for the writer instead of spinning on SQLITE_BUSY. Correct, not distributed.
+PostgreSQL: READ COMMITTED, row locks and ``SKIP LOCKED`` in the queue.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from datetime import datetime
+from typing import Any
+
+import anyio
+import attrs
+import sqlalchemy as sa
+from sqlalchemy import event as sa_event
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from . import schema
+from .clock import Clock, SystemClock
+from .errors import Conflict, EventNotFound, WorkflowNotFound
+from .events import Event, EventStatus
+from .marshal import event_from_dict, event_to_dict, schedule_from_dict, schedule_to_dict
+from .schedules import Manual, Schedule, next_fire_time
+from .workflows import Edge, Node, Workflow
+
+__all__ = ["DataStore", "EventRecord", "new_id"]
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def normalize_url(url: str) -> str:
+    """Accept the plain forms people type and pick the async drivers."""
+    if url.startswith("sqlite:///"):
+        return "sqlite+aiosqlite:///" + url.removeprefix("sqlite:///")
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+asyncpg://" + url.removeprefix(prefix)
+    return url
+
+
+@attrs.frozen(kw_only=True)
+class EventRecord:
+    """An event as stored, with its run counters."""
+
+    event: Event
+    next_fire_time: datetime | None
+    runs_total: int
+    runs_succeeded: int
+    runs_failed: int
+    last_run_at: datetime | None
+    created_at: datetime
+
+
+def workflow_to_dict(wf: Workflow) -> dict[str, Any]:
+    return {
+        "id": wf.id,
+        "name": wf.name,
+        "owner": wf.owner,
+        "status": str(wf.status),
+        "nodes": [{"id": n.id, "event_id": n.event_id} for n in wf.nodes],
+        "edges": [{"source": e.source, "target": e.target, "kind": str(e.kind)} for e in wf.edges],
+        "schedule": schedule_to_dict(wf.schedule),
+    }
+
+
+def workflow_from_dict(data: dict[str, Any]) -> Workflow:
+    return Workflow(
+        id=data.get("id", ""),
+        name=data["name"],
+        owner=data.get("owner", "admin"),
+        status=EventStatus(data.get("status", "active")),
+        nodes=tuple(Node(**n) for n in data["nodes"]),
+        edges=tuple(Edge(**e) for e in data.get("edges", ())),
+        schedule=schedule_from_dict(dict(data.get("schedule") or {"kind": "manual"})),
+    )
+
+
+@attrs.define(kw_only=True, eq=False)
+class DataStore:
+    url: str
+    clock: Clock = attrs.field(factory=SystemClock)
+    engine: AsyncEngine = attrs.field(init=False)
+    _write_lock: anyio.Lock = attrs.field(init=False, factory=anyio.Lock)
+
+    def __attrs_post_init__(self) -> None:
+        self.url = normalize_url(self.url)
+        kwargs: dict[str, Any] = {}
+        if self.url.startswith("sqlite"):
+            kwargs["connect_args"] = {"timeout": 60}
+        else:
+            kwargs.update(pool_size=20, max_overflow=20, pool_pre_ping=True)
+        self.engine = create_async_engine(self.url, **kwargs)
+        if self.is_sqlite:
+            self._tune_sqlite()
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.engine.dialect.name == "sqlite"
+
+    @property
+    def is_postgres(self) -> bool:
+        return self.engine.dialect.name == "postgresql"
+
+    def _tune_sqlite(self) -> None:
+        sync_engine = self.engine.sync_engine
+
+        @sa_event.listens_for(sync_engine, "connect")
+        def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+            # take transaction control away from the driver so that BEGIN IMMEDIATE is ours
+            dbapi_conn.isolation_level = None
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA busy_timeout=60000")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+
+        @sa_event.listens_for(sync_engine, "begin")
+        def _on_begin(conn: sa.Connection) -> None:
+            # reads take a deferred (snapshot) transaction; everything else is a writer
+            read_only = conn.get_execution_options().get("cronium_read", False)
+            conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+
+    async def start(self, exit_stack: AsyncExitStack, *, upgrade: bool = False) -> None:
+        exit_stack.push_async_callback(self.engine.dispose)
+        if upgrade:
+            await schema.upgrade(self.engine)
+        await schema.check_schema(self.engine)
+
+    @asynccontextmanager
+    async def begin(self) -> AsyncIterator[AsyncConnection]:
+        """A write transaction. On SQLite, tasks of this process take turns at the writer."""
+        if self.is_sqlite:
+            async with self._write_lock, self.engine.begin() as conn:
+                yield conn
+        else:
+            async with self.engine.begin() as conn:
+                yield conn
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncConnection]:
+        """A short read transaction (on SQLite WAL, readers do not block the writer)."""
+        async with self.engine.connect() as conn:
+            if self.is_sqlite:
+                await conn.execution_options(cronium_read=True)
+            yield conn
+
+    # -- events -----------------------------------------------------------------------
+
+    async def add_event(self, event: Event) -> Event:
+        now = self.clock.now()
+        event = attrs.evolve(event, id=event.id or new_id())
+        values = {
+            "id": event.id,
+            "name": event.name,
+            "owner": event.owner,
+            "status": str(event.status),
+            "definition": event_to_dict(event),
+            "next_fire_time": self._first_fire(event.schedule, event.status, now),
+            "created_at": now,
+            "updated_at": now,
+        }
+        try:
+            async with self.begin() as conn:
+                await conn.execute(sa.insert(schema.events).values(**values))
+        except IntegrityError:
+            raise Conflict(
+                f"an event named {event.name!r} already exists for {event.owner!r}"
+            ) from None
+        return event
+
+    async def update_event(self, event: Event) -> Event:
+        now = self.clock.now()
+        async with self.begin() as conn:
+            row = (
+                await conn.execute(
+                    sa.select(schema.events.c.definition, schema.events.c.next_fire_time)
+                    .where(schema.events.c.id == event.id)
+                )
+            ).first()
+            if row is None:
+                raise EventNotFound(event.id)
+            old = event_from_dict(row.definition)
+            next_fire = row.next_fire_time
+            if old.schedule != event.schedule or old.status != event.status:
+                next_fire = self._first_fire(event.schedule, event.status, now)
+            await conn.execute(
+                sa.update(schema.events)
+                .where(schema.events.c.id == event.id)
+                .values(
+                    name=event.name,
+                    owner=event.owner,
+                    status=str(event.status),
+                    definition=event_to_dict(event),
+                    next_fire_time=next_fire,
+                    updated_at=now,
+                )
+            )
+        return event
+
+    @staticmethod
+    def _first_fire(schedule: Schedule, status: EventStatus, now: datetime) -> datetime | None:
+        if status is not EventStatus.ACTIVE or isinstance(schedule, Manual):
+            return None
+        return next_fire_time(schedule, now, anchor=now)
+
+    async def get_event_record(self, event_id: str, conn: AsyncConnection | None = None) -> EventRecord:
+        query = sa.select(schema.events).where(schema.events.c.id == event_id)
+        if conn is None:
+            async with self.read() as c:
+                row = (await c.execute(query)).first()
+        else:
+            row = (await conn.execute(query)).first()
+        if row is None:
+            raise EventNotFound(event_id)
+        return _record(row)
+
+    async def get_event(self, event_id: str, conn: AsyncConnection | None = None) -> Event:
+        return (await self.get_event_record(event_id, conn)).event
+
+    async def find_event(self, name_or_id: str, owner: str | None = None) -> Event:
+        query = sa.select(schema.events).where(
+            sa.or_(schema.events.c.id == name_or_id, schema.events.c.name == name_or_id)
+        )
+        if owner is not None:
+            query = query.where(schema.events.c.owner == owner)
+        async with self.read() as conn:
+            row = (await conn.execute(query)).first()
+        if row is None:
+            raise EventNotFound(name_or_id)
+        return _record(row).event
+
+    async def list_events(self, *, owner: str | None = None) -> list[EventRecord]:
+        query = sa.select(schema.events).order_by(schema.events.c.created_at, schema.events.c.id)
+        if owner is not None:
+            query = query.where(schema.events.c.owner == owner)
+        async with self.read() as conn:
+            rows = (await conn.execute(query)).all()
+        return [_record(r) for r in rows]
+
+    async def remove_event(self, event_id: str) -> None:
+        async with self.begin() as conn:
+            result = await conn.execute(
+                sa.delete(schema.events).where(schema.events.c.id == event_id)
+            )
+        if result.rowcount == 0:
+            raise EventNotFound(event_id)
+
+    # -- workflows --------------------------------------------------------------------
+
+    async def add_workflow(self, workflow: Workflow) -> Workflow:
+        now = self.clock.now()
+        workflow = attrs.evolve(workflow, id=workflow.id or new_id())
+        async with self.begin() as conn:
+            known = set(
+                (
+                    await conn.execute(
+                        sa.select(schema.events.c.id).where(
+                            schema.events.c.id.in_({n.event_id for n in workflow.nodes})
+                        )
+                    )
+                ).scalars()
+            )
+            for node in workflow.nodes:
+                if node.event_id not in known:
+                    raise EventNotFound(node.event_id)
+            try:
+                await conn.execute(
+                    sa.insert(schema.workflows).values(
+                        id=workflow.id,
+                        name=workflow.name,
+                        owner=workflow.owner,
+                        status=str(workflow.status),
+                        definition=workflow_to_dict(workflow),
+                        next_fire_time=self._first_fire(workflow.schedule, workflow.status, now),
+                        created_at=now,
+                        updated_at=now,
+                    )
+                )
+            except IntegrityError:
+                raise Conflict(f"a workflow named {workflow.name!r} already exists") from None
+        return workflow
+
+    async def get_workflow(self, workflow_id: str, conn: AsyncConnection | None = None) -> Workflow:
+        query = sa.select(schema.workflows.c.definition).where(
+            sa.or_(schema.workflows.c.id == workflow_id, schema.workflows.c.name == workflow_id)
+        )
+        if conn is None:
+            async with self.read() as c:
+                definition = await c.scalar(query)
+        else:
+            definition = await conn.scalar(query)
+        if definition is None:
+            raise WorkflowNotFound(workflow_id)
+        return workflow_from_dict(definition)
+
+    async def list_workflows(self) -> list[Workflow]:
+        async with self.read() as conn:
+            rows = (
+                await conn.execute(
+                    sa.select(schema.workflows.c.definition).order_by(
+                        schema.workflows.c.created_at
+                    )
+                )
+            ).scalars()
+            return [workflow_from_dict(d) for d in rows]
+
+
+def _record(row: sa.Row[Any]) -> EventRecord:
+    definition = dict(row.definition)
+    definition["id"] = row.id
+    return EventRecord(
+        event=event_from_dict(definition),
+        next_fire_time=row.next_fire_time,
+        runs_total=row.runs_total,
+        runs_succeeded=row.runs_succeeded,
+        runs_failed=row.runs_failed,
+        last_run_at=row.last_run_at,
+        created_at=row.created_at,
+    )

@@ -1,0 +1,255 @@
+"""Tables (SQLAlchemy Core) and versioned migrations.
+
+The schema version lives in ``cronium_meta``; :func:`check_schema` refuses to start on a
+database whose version is not :data:`SCHEMA_VERSION`, and :func:`upgrade` applies the missing
+migrations in order, each in its own transaction.
+
+Timestamps are timezone-aware UTC in Python. PostgreSQL stores them as ``timestamptz``;
+SQLite as ISO-8601 text in UTC, which sorts and compares correctly as text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from .errors import SchemaVersionError
+
+__all__ = ["SCHEMA_VERSION", "check_schema", "metadata", "schema_version", "upgrade"]
+
+
+class UTCDateTime(sa.TypeDecorator[datetime]):
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: sa.Dialect) -> sa.types.TypeEngine[Any]:
+        if dialect.name == "sqlite":
+            return dialect.type_descriptor(sa.String(32))
+        return dialect.type_descriptor(sa.DateTime(timezone=True))
+
+    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> Any:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the store; use timezone-aware UTC")
+        value = value.astimezone(UTC)
+        if dialect.name == "sqlite":
+            return value.strftime("%Y-%m-%d %H:%M:%S.%f")
+        return value
+
+    def process_result_value(self, value: Any, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if isinstance(value, str):
+            return datetime.fromisoformat(value).replace(tzinfo=UTC)
+        assert isinstance(value, datetime)
+        return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+JSONType = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
+Timestamp = UTCDateTime
+
+metadata = sa.MetaData()
+
+meta = sa.Table(
+    "cronium_meta",
+    metadata,
+    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("value", sa.String(256), nullable=False),
+)
+
+events = sa.Table(
+    "events",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("owner", sa.String(64), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("definition", JSONType, nullable=False),
+    sa.Column("next_fire_time", Timestamp, nullable=True),
+    sa.Column("runs_total", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("runs_succeeded", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("runs_failed", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("last_run_at", Timestamp, nullable=True),
+    sa.Column("created_at", Timestamp, nullable=False),
+    sa.Column("updated_at", Timestamp, nullable=False),
+    sa.UniqueConstraint("owner", "name", name="uq_events_owner_name"),
+    sa.Index("ix_events_next_fire", "next_fire_time"),
+)
+
+workflows = sa.Table(
+    "workflows",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("owner", sa.String(64), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("definition", JSONType, nullable=False),
+    sa.Column("next_fire_time", Timestamp, nullable=True),
+    sa.Column("created_at", Timestamp, nullable=False),
+    sa.Column("updated_at", Timestamp, nullable=False),
+    sa.UniqueConstraint("owner", "name", name="uq_workflows_owner_name"),
+    sa.Index("ix_workflows_next_fire", "next_fire_time"),
+)
+
+workflow_runs = sa.Table(
+    "workflow_runs",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("workflow_id", sa.String(36), nullable=False, index=True),
+    sa.Column("status", sa.String(16), nullable=False),
+    # the workflow as it was when the run started: later edits do not change a running run
+    sa.Column("definition", JSONType, nullable=False),
+    sa.Column("trigger", sa.String(16), nullable=False),
+    sa.Column("input", JSONType, nullable=True),
+    sa.Column("error", sa.Text, nullable=True),
+    sa.Column("fire_time", Timestamp, nullable=True),
+    sa.Column("created_at", Timestamp, nullable=False),
+    sa.Column("finished_at", Timestamp, nullable=True),
+)
+
+workflow_node_runs = sa.Table(
+    "workflow_node_runs",
+    metadata,
+    sa.Column("run_id", sa.String(36), primary_key=True),
+    sa.Column("node_id", sa.String(64), primary_key=True),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("job_id", sa.String(36), nullable=True),
+    sa.Column("output", JSONType, nullable=True),
+    sa.Column("condition", sa.Boolean, nullable=True),
+    sa.Column("error", sa.Text, nullable=True),
+    sa.Column("started_at", Timestamp, nullable=True),
+    sa.Column("finished_at", Timestamp, nullable=True),
+)
+
+jobs = sa.Table(
+    "jobs",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("event_id", sa.String(36), nullable=False, index=True),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("trigger", sa.String(16), nullable=False),
+    sa.Column("input", JSONType, nullable=True),
+    sa.Column("priority", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("attempt", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("max_attempts", sa.Integer, nullable=False, server_default="1"),
+    sa.Column("backoff_base", sa.Float, nullable=False, server_default="1"),
+    sa.Column("backoff_max", sa.Float, nullable=False, server_default="300"),
+    sa.Column("timeout", sa.Float, nullable=False, server_default="3600"),
+    sa.Column("run_after", Timestamp, nullable=False),
+    sa.Column("created_at", Timestamp, nullable=False),
+    sa.Column("executor", sa.String(32), nullable=False, server_default="local"),
+    sa.Column("lease_owner", sa.String(128), nullable=True),
+    # a fresh id per claim: every write of a running attempt is fenced on it
+    sa.Column("lease_id", sa.String(80), nullable=True),
+    sa.Column("lease_expires", Timestamp, nullable=True),
+    sa.Column("heartbeat_at", Timestamp, nullable=True),
+    sa.Column("started_at", Timestamp, nullable=True),
+    sa.Column("finished_at", Timestamp, nullable=True),
+    sa.Column("exit_code", sa.Integer, nullable=True),
+    sa.Column("output", JSONType, nullable=True),
+    sa.Column("condition", sa.Boolean, nullable=True),
+    sa.Column("error", sa.Text, nullable=True),
+    sa.Column("cancel_requested", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("concurrency_key", sa.String(64), nullable=True),
+    sa.Column("concurrency_limit", sa.Integer, nullable=True),
+    sa.Column("fire_time", Timestamp, nullable=True),
+    sa.Column("backfilled", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("workflow_run_id", sa.String(36), nullable=True, index=True),
+    sa.Column("node_id", sa.String(64), nullable=True),
+    sa.Column("idempotency_key", sa.String(200), nullable=True, unique=True),
+    sa.Column("log_seq", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("log_bytes", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("log_truncated", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Index("ix_jobs_claim", "status", "priority", "run_after"),
+    sa.Index("ix_jobs_lease", "status", "lease_expires"),
+    sa.Index("ix_jobs_concurrency", "concurrency_key", "status"),
+)
+
+job_logs = sa.Table(
+    "job_logs",
+    metadata,
+    sa.Column("job_id", sa.String(36), primary_key=True),
+    sa.Column("seq", sa.Integer, primary_key=True),
+    sa.Column("attempt", sa.Integer, nullable=False),
+    sa.Column("stream", sa.String(8), nullable=False),
+    sa.Column("time", Timestamp, nullable=False),
+    sa.Column("text", sa.Text, nullable=False),
+)
+
+schedule_fires = sa.Table(
+    "schedule_fires",
+    metadata,
+    # the event or workflow whose schedule fired; the unique key makes a fire time one job
+    sa.Column("owner_id", sa.String(36), primary_key=True),
+    sa.Column("fire_time", Timestamp, primary_key=True),
+    sa.Column("owner_kind", sa.String(16), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),  # enqueued | skipped | missed
+    sa.Column("reason", sa.Text, nullable=True),
+    sa.Column("job_id", sa.String(36), nullable=True),
+    sa.Column("backfilled", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("scheduler", sa.String(128), nullable=True),
+    sa.Column("recorded_at", Timestamp, nullable=False),
+)
+
+V1_TABLES = [meta, events, workflows, workflow_runs, workflow_node_runs, jobs, job_logs,
+             schedule_fires]  # fmt: skip
+
+
+async def _v1(conn: AsyncConnection) -> None:
+    await conn.run_sync(lambda sync: metadata.create_all(sync, tables=V1_TABLES))
+
+
+Migration = Callable[[AsyncConnection], Awaitable[None]]
+
+#: version -> migration that brings the schema from version-1 to version
+MIGRATIONS: dict[int, Migration] = {1: _v1}
+SCHEMA_VERSION = max(MIGRATIONS)
+
+
+async def schema_version(conn: AsyncConnection) -> int | None:
+    def _has_meta(sync: sa.Connection) -> bool:
+        return sa.inspect(sync).has_table("cronium_meta")
+
+    if not await conn.run_sync(_has_meta):
+        return None
+    value = await conn.scalar(sa.select(meta.c.value).where(meta.c.key == "schema_version"))
+    return int(value) if value is not None else None
+
+
+async def check_schema(engine: AsyncEngine) -> None:
+    async with engine.connect() as conn:
+        found = await schema_version(conn)
+    if found != SCHEMA_VERSION:
+        raise SchemaVersionError(found, SCHEMA_VERSION)
+
+
+async def upgrade(engine: AsyncEngine) -> list[int]:
+    """Apply missing migrations; returns the versions applied. Safe to run concurrently on
+    PostgreSQL (an advisory lock serializes upgraders)."""
+    applied: list[int] = []
+    async with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            await conn.execute(sa.text("SELECT pg_advisory_xact_lock(7242001)"))
+        current = await schema_version(conn) or 0
+        if current > SCHEMA_VERSION:
+            raise SchemaVersionError(current, SCHEMA_VERSION)
+        for version in range(current + 1, SCHEMA_VERSION + 1):
+            await MIGRATIONS[version](conn)
+            stmt: sa.Executable
+            if version == 1:
+                stmt = sa.insert(meta).values(key="schema_version", value="1")
+            else:
+                stmt = (
+                    sa.update(meta)
+                    .where(meta.c.key == "schema_version")
+                    .values(value=str(version))
+                )
+            await conn.execute(stmt)
+            applied.append(version)
+    return applied

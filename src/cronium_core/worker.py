@@ -1,0 +1,305 @@
+"""The worker: claims jobs, runs them through executors, streams their logs, records results.
+
+Per job it runs three things side by side: the executor, a heartbeat that extends the lease
+(and notices cancel requests and a lost lease), and a log flusher that writes lines to the
+store in batches and announces them on the broker. Timeouts are enforced here: the executor
+is cancelled, and must kill what it started (see :mod:`cronium_core.executors`).
+
+Stopping: :meth:`Worker.stop` (first SIGTERM) stops claiming and lets running jobs finish;
+:meth:`Worker.stop` with ``graceful=False`` (second SIGTERM) stops running jobs and gives them
+back to the queue without counting the attempt.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import traceback
+from collections.abc import Callable, Mapping
+from contextlib import AsyncExitStack
+from typing import Any
+
+import anyio
+import attrs
+from anyio.abc import TaskStatus
+
+from .broker import Notice
+from .engine import RunEngine
+from .errors import EventNotFound
+from .events import Event
+from .executors import ExecutionRequest, Executor, Outcome
+from .jobs import Job, JobStatus, Stream
+from .queue import JobQueue
+
+__all__ = ["Worker"]
+
+log = logging.getLogger("cronium.worker")
+
+#: lines are written to the store at least this often while a job runs
+LOG_FLUSH_SECONDS = 0.05
+LOG_FLUSH_LINES = 500
+
+
+def default_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
+
+
+@attrs.define(eq=False)
+class _Running:
+    job: Job
+    scope: anyio.CancelScope
+    reason: str | None = None  #: why the scope was cancelled: cancelled | lost | shutdown
+
+
+@attrs.define(kw_only=True, eq=False)
+class Worker:
+    engine: RunEngine
+    executors: Mapping[str, Executor]
+    id: str = attrs.field(factory=default_worker_id)
+    max_jobs: int = 4
+    poll_interval: float = 1.0
+    reap_interval: float = 5.0
+    #: extra env per job (the runtime API URL and the job's token); set by the runtime layer
+    runtime_env: Callable[[Job], Mapping[str, str]] | None = None
+    _running: dict[str, _Running] = attrs.field(init=False, factory=dict)
+    _wake: anyio.Event = attrs.field(init=False, factory=anyio.Event)
+    _stopping: bool = attrs.field(init=False, default=False)
+    _stopped: anyio.Event = attrs.field(init=False, factory=anyio.Event)
+
+    @property
+    def queue(self) -> JobQueue:
+        return self.engine.queue
+
+    @property
+    def heartbeat_interval(self) -> float:
+        return max(0.05, self.queue.lease_seconds / 3)
+
+    @property
+    def running_jobs(self) -> list[str]:
+        return list(self._running)
+
+    def stop(self, *, graceful: bool = True) -> None:
+        """Stop claiming. ``graceful=False`` also stops the running jobs (they are released)."""
+        self._stopping = True
+        self._wake.set()
+        if not graceful:
+            for running in self._running.values():
+                running.reason = running.reason or "shutdown"
+                running.scope.cancel()
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Work until :meth:`stop`; returns when the last running job has been recorded."""
+        async with anyio.create_task_group() as tg:
+            await tg.start(self._listen, name=f"worker {self.id} notices")
+            tg.start_soon(self._reap_loop, name=f"worker {self.id} reaper")
+            task_status.started()
+            try:
+                async with anyio.create_task_group() as jobs_tg:
+                    await self._claim_loop(jobs_tg)
+            finally:
+                tg.cancel_scope.cancel()
+        self._stopped.set()
+
+    async def _claim_loop(self, jobs_tg: anyio.abc.TaskGroup) -> None:
+        names = list(self.executors)
+        while not self._stopping:
+            free = self.max_jobs - len(self._running)
+            claimed: list[Job] = []
+            if free > 0:
+                self._wake = anyio.Event()
+                try:
+                    claimed = await self.queue.claim(self.id, free, executors=names)
+                except Exception:
+                    log.exception("claiming failed; retrying")
+                    await anyio.sleep(self.poll_interval)
+                    continue
+                for job in claimed:
+                    scope = anyio.CancelScope()
+                    self._running[job.id] = _Running(job, scope)
+                    jobs_tg.start_soon(self._run_job, job, scope, name=f"job {job.id}")
+            if claimed and len(claimed) == free:
+                await anyio.lowlevel.checkpoint()
+                if len(self._running) < self.max_jobs:
+                    continue
+            with anyio.move_on_after(self.poll_interval):
+                await self._wake.wait()
+
+    async def _listen(self, *, task_status: TaskStatus[None]) -> None:
+        async with self.engine.broker.subscribe() as notices:
+            task_status.started()
+            async for notice in notices:
+                if notice.topic == "job.queued":
+                    self._wake.set()
+                elif notice.topic == "job.cancel":
+                    running = self._running.get(str(notice.data.get("id")))
+                    if running is not None:
+                        running.reason = running.reason or "cancelled"
+                        running.scope.cancel()
+
+    async def _reap_loop(self) -> None:
+        while True:
+            try:
+                result = await self.engine.reap()
+                if result.requeued or result.failed:
+                    log.warning(
+                        "reaper: %d job(s) of lost workers requeued, %d failed",
+                        len(result.requeued), len(result.failed),
+                    )  # fmt: skip
+            except Exception:
+                log.exception("reaper failed")
+            await anyio.sleep(self.reap_interval)
+
+    # -- one job ------------------------------------------------------------------------
+
+    async def _run_job(self, job: Job, scope: anyio.CancelScope) -> None:
+        running = self._running[job.id]
+        assert job.lease_id is not None
+        lines: list[tuple[Stream, Any, str]] = []
+        flush_lock = anyio.Lock()
+
+        async def flush() -> None:
+            async with flush_lock:  # one writer per job keeps sequence numbers in order
+                await self._flush(job, lines)
+
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._heartbeat, running, name=f"job {job.id} heartbeat")
+
+                async def emit(stream: Stream, text: str) -> None:
+                    lines.append((stream, self.engine.clock.now(), text))
+                    if len(lines) >= LOG_FLUSH_LINES:
+                        await flush()
+
+                async def flusher() -> None:
+                    while True:
+                        await anyio.sleep(LOG_FLUSH_SECONDS)
+                        await flush()
+
+                tg.start_soon(flusher, name=f"job {job.id} logs")
+                status, exit_code, error, output = await self._execute(job, scope, emit)
+                tg.cancel_scope.cancel()
+            with anyio.CancelScope(shield=True):
+                await flush()
+                await self._record(running, status, exit_code, error, output)
+        finally:
+            self._running.pop(job.id, None)
+            self._wake.set()
+
+    async def _execute(
+        self, job: Job, scope: anyio.CancelScope, emit: Any
+    ) -> tuple[JobStatus, int | None, str | None, Any]:
+        from .executors import UNSET
+
+        running = self._running[job.id]
+        try:
+            event = await self.engine.store.get_event(job.event_id)
+        except EventNotFound:
+            return JobStatus.FAILED, None, "the event was deleted", UNSET
+        executor = self.executors.get(job.executor)
+        if executor is None or not executor.can_run(event.action):
+            return JobStatus.FAILED, None, f"executor {job.executor!r} cannot run it", UNSET
+        request = self._request(job, event)
+        outcome: Outcome | None = None
+        with scope:
+            with anyio.move_on_after(job.timeout) as timeout_scope:
+                try:
+                    outcome = await executor.execute(request, emit)
+                except Exception as exc:
+                    log.exception("executor %s failed on job %s", job.executor, job.id)
+                    await emit(Stream.SYSTEM, "executor error: " + "".join(
+                        traceback.format_exception_only(exc)).strip())  # fmt: skip
+                    return JobStatus.FAILED, None, f"executor error: {exc}", UNSET
+        if timeout_scope.cancelled_caught:
+            await emit(Stream.SYSTEM, f"timed out after {job.timeout:g} s; stopped")
+            return JobStatus.TIMED_OUT, None, f"timed out after {job.timeout:g} s", UNSET
+        if scope.cancelled_caught or outcome is None:
+            reason = running.reason or "cancelled"
+            if reason == "cancelled":
+                await emit(Stream.SYSTEM, "cancelled; stopped")
+                return JobStatus.CANCELLED, None, "cancelled", UNSET
+            return JobStatus.RUNNING, None, reason, UNSET  # lost / shutdown: not a result
+        status = JobStatus.SUCCEEDED if outcome.succeeded else JobStatus.FAILED
+        error = outcome.error
+        if error is None and status is JobStatus.FAILED:
+            error = f"exit code {outcome.exit_code}"
+        return status, outcome.exit_code, error, outcome.output
+
+    def _request(self, job: Job, event: Event) -> ExecutionRequest:
+        env = dict(event.env)
+        env.update(
+            CRONIUM_EXECUTION_ID=job.id,
+            CRONIUM_JOB_ATTEMPT=str(job.attempt),
+            CRONIUM_EVENT_ID=event.id,
+            CRONIUM_EVENT_NAME=event.name,
+        )
+        if self.runtime_env is not None:
+            env.update(self.runtime_env(job))
+        return ExecutionRequest(
+            job_id=job.id,
+            attempt=job.attempt,
+            event_id=event.id,
+            event_name=event.name,
+            action=event.action,
+            input=job.input,
+            env=env,
+            timeout=job.timeout,
+            kill_grace=event.kill_grace,
+        )
+
+    async def _heartbeat(self, running: _Running) -> None:
+        job = running.job
+        assert job.lease_id is not None
+        while True:
+            await anyio.sleep(self.heartbeat_interval)
+            try:
+                beat = await self.queue.heartbeat(job.id, job.lease_id)
+            except Exception:
+                log.exception("heartbeat of job %s failed", job.id)
+                continue
+            if not beat.alive:
+                log.warning("job %s: lease lost; stopping this attempt", job.id)
+                running.reason = "lost"
+                running.scope.cancel()
+                return
+            if beat.cancel_requested:
+                running.reason = running.reason or "cancelled"
+                running.scope.cancel()
+                return
+
+    async def _flush(self, job: Job, lines: list[tuple[Stream, Any, str]]) -> None:
+        if not lines:
+            return
+        batch = lines[:]
+        del lines[: len(batch)]
+        try:
+            stored = await self.queue.append_logs(job.id, job.attempt, batch)
+        except Exception:
+            log.exception("storing %d log lines of job %s failed", len(batch), job.id)
+            return
+        if stored:
+            await self.engine.broker.publish(
+                Notice("job.logs", {"id": job.id, "seq": stored[-1].seq})
+            )
+
+    async def _record(
+        self, running: _Running, status: JobStatus, exit_code: int | None, error: str | None,
+        output: Any,
+    ) -> None:  # fmt: skip
+        job = running.job
+        assert job.lease_id is not None
+        if status is JobStatus.RUNNING:
+            if running.reason == "shutdown":
+                await self.queue.release(job.id, job.lease_id)
+                log.info("job %s released to the queue (worker shutting down)", job.id)
+            return
+        result = await self.engine.finish_job(
+            job.id, job.lease_id, status=status, exit_code=exit_code, error=error, output=output
+        )
+        if result is None:
+            log.warning("job %s attempt %d: result fenced (lease taken over)", job.id,
+                        job.attempt)  # fmt: skip
+
+    async def start_executors(self, exit_stack: AsyncExitStack) -> None:
+        for executor in self.executors.values():
+            await executor.start(exit_stack)
