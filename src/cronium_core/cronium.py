@@ -138,7 +138,7 @@ class Cronium:
             if self.worker is not None:
                 self.worker.stop(graceful=False)
                 with anyio.move_on_after(15):
-                    await self.worker._stopped.wait()
+                    await self.worker.wait_stopped()
         tg.cancel_scope.cancel()
 
     async def __aexit__(

@@ -155,6 +155,7 @@ class RunEngine:
         exit_code: int | None = None,
         error: str | None = None,
         output: Any = UNSET,
+        condition: bool | None = None,
     ) -> FinishResult | None:
         """Record an attempt's end and everything that follows from it, in one transaction."""
         queued: list[Job] = []
@@ -162,7 +163,7 @@ class RunEngine:
         async with self.store.begin() as conn:
             result = await self.queue.finish(
                 job_id, lease_id, status=status, exit_code=exit_code, error=error,
-                output=output, conn=conn,
+                output=output, condition=condition, conn=conn,
             )  # fmt: skip
             if result is not None and not result.retrying:
                 queued, run_done = await self._after_job(conn, result.job)

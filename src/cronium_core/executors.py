@@ -68,6 +68,8 @@ class Outcome:
     #: an output the executor itself produced (an HTTP response body); scripts set theirs
     #: through the runtime API instead
     output: Any = UNSET
+    #: a condition the executor itself decided (scripts set theirs through the runtime API)
+    condition: bool | None = None
 
     @property
     def succeeded(self) -> bool:

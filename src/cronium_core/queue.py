@@ -331,6 +331,7 @@ class JobQueue:
         exit_code: int | None = None,
         error: str | None = None,
         output: Any = UNSET,
+        condition: bool | None = None,
         conn: AsyncConnection | None = None,
     ) -> FinishResult | None:
         """Record how an attempt ended. ``None`` when the attempt was fenced (its lease is
@@ -352,6 +353,8 @@ class JobQueue:
             values: dict[str, Any] = {"exit_code": exit_code, "error": error}
             if output is not UNSET:
                 values["output"] = output
+            if condition is not None:
+                values["condition"] = condition
             retry = (
                 status in (JobStatus.FAILED, JobStatus.TIMED_OUT)
                 and current.attempt < current.max_attempts

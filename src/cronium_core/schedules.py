@@ -30,9 +30,10 @@ Workarounds for cronsim 2.x (each checked by tests/test_schedules_dst.py):
   spring-forward happens at midnight (America/Santiago). We use cronsim only on naive wall
   times and map those to UTC ourselves, one UTC-offset period at a time.
 * cronsim reads a stepped range whose two ends are the same value (``5-5/10``) like ``5/10``
-  (5, 15, 25, ...); cron means just 5. Such terms are rewritten to the single value.
-* cronsim fails with ``AssertionError`` (not its own error) on some invalid terms such as
-  ``1#2/3``; every parser failure becomes :class:`InvalidSchedule`.
+  (5, 15, 25, ...); cron means just 5. Such terms are rewritten to the plain range ``5-5``.
+
+cronsim extensions that cron itself does not have are kept: ``a/n`` (from ``a`` to the end of
+the field, every ``n``), ``L``, ``LW``, ``5L``, ``1#2``, and a seconds field in front.
 """
 
 from __future__ import annotations
@@ -196,7 +197,7 @@ class Cron(_Misfire):
             raise InvalidSchedule("expression", f"{self.expression!r}: {exc}") from None
         except StopIteration:
             raise InvalidSchedule("expression", f"{self.expression!r} never fires") from None
-        except Exception:  # cronsim asserts on some malformed terms instead of raising its error
+        except Exception:  # cronsim promises CronSimError only; a user's string must not crash us
             raise InvalidSchedule("expression", f"{self.expression!r} cannot be parsed") from None
 
     @property

@@ -28,7 +28,7 @@ from .broker import Notice
 from .engine import RunEngine
 from .errors import EventNotFound
 from .events import Event
-from .executors import ExecutionRequest, Executor, Outcome
+from .executors import UNSET, ExecutionRequest, Executor, Outcome
 from .jobs import Job, JobStatus, Stream
 from .queue import JobQueue
 
@@ -78,6 +78,9 @@ class Worker:
     @property
     def running_jobs(self) -> list[str]:
         return list(self._running)
+
+    async def wait_stopped(self) -> None:
+        await self._stopped.wait()
 
     def stop(self, *, graceful: bool = True) -> None:
         """Stop claiming. ``graceful=False`` also stops the running jobs (they are released)."""
@@ -177,28 +180,26 @@ class Worker:
                         await flush()
 
                 tg.start_soon(flusher, name=f"job {job.id} logs")
-                status, exit_code, error, output = await self._execute(job, scope, emit)
+                status, exit_code, error, output, condition = await self._execute(job, scope, emit)
                 tg.cancel_scope.cancel()
             with anyio.CancelScope(shield=True):
                 await flush()
-                await self._record(running, status, exit_code, error, output)
+                await self._record(running, status, exit_code, error, output, condition)
         finally:
             self._running.pop(job.id, None)
             self._wake.set()
 
     async def _execute(
         self, job: Job, scope: anyio.CancelScope, emit: Any
-    ) -> tuple[JobStatus, int | None, str | None, Any]:
-        from .executors import UNSET
-
+    ) -> tuple[JobStatus, int | None, str | None, Any, bool | None]:
         running = self._running[job.id]
         try:
             event = await self.engine.store.get_event(job.event_id)
         except EventNotFound:
-            return JobStatus.FAILED, None, "the event was deleted", UNSET
+            return JobStatus.FAILED, None, "the event was deleted", UNSET, None
         executor = self.executors.get(job.executor)
         if executor is None or not executor.can_run(event.action):
-            return JobStatus.FAILED, None, f"executor {job.executor!r} cannot run it", UNSET
+            return JobStatus.FAILED, None, f"executor {job.executor!r} cannot run it", UNSET, None
         request = self._request(job, event)
         outcome: Outcome | None = None
         with scope:
@@ -209,21 +210,21 @@ class Worker:
                     log.exception("executor %s failed on job %s", job.executor, job.id)
                     await emit(Stream.SYSTEM, "executor error: " + "".join(
                         traceback.format_exception_only(exc)).strip())  # fmt: skip
-                    return JobStatus.FAILED, None, f"executor error: {exc}", UNSET
+                    return JobStatus.FAILED, None, f"executor error: {exc}", UNSET, None
         if timeout_scope.cancelled_caught:
             await emit(Stream.SYSTEM, f"timed out after {job.timeout:g} s; stopped")
-            return JobStatus.TIMED_OUT, None, f"timed out after {job.timeout:g} s", UNSET
+            return JobStatus.TIMED_OUT, None, f"timed out after {job.timeout:g} s", UNSET, None
         if scope.cancelled_caught or outcome is None:
             reason = running.reason or "cancelled"
             if reason == "cancelled":
                 await emit(Stream.SYSTEM, "cancelled; stopped")
-                return JobStatus.CANCELLED, None, "cancelled", UNSET
-            return JobStatus.RUNNING, None, reason, UNSET  # lost / shutdown: not a result
+                return JobStatus.CANCELLED, None, "cancelled", UNSET, None
+            return JobStatus.RUNNING, None, reason, UNSET, None  # lost / shutdown: not a result
         status = JobStatus.SUCCEEDED if outcome.succeeded else JobStatus.FAILED
         error = outcome.error
         if error is None and status is JobStatus.FAILED:
             error = f"exit code {outcome.exit_code}"
-        return status, outcome.exit_code, error, outcome.output
+        return status, outcome.exit_code, error, outcome.output, outcome.condition
 
     def _request(self, job: Job, event: Event) -> ExecutionRequest:
         env = dict(event.env)
@@ -284,7 +285,7 @@ class Worker:
 
     async def _record(
         self, running: _Running, status: JobStatus, exit_code: int | None, error: str | None,
-        output: Any,
+        output: Any, condition: bool | None,
     ) -> None:  # fmt: skip
         job = running.job
         assert job.lease_id is not None
@@ -294,7 +295,8 @@ class Worker:
                 log.info("job %s released to the queue (worker shutting down)", job.id)
             return
         result = await self.engine.finish_job(
-            job.id, job.lease_id, status=status, exit_code=exit_code, error=error, output=output
+            job.id, job.lease_id, status=status, exit_code=exit_code, error=error, output=output,
+            condition=condition,
         )
         if result is None:
             log.warning("job %s attempt %d: result fenced (lease taken over)", job.id,

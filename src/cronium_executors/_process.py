@@ -10,6 +10,7 @@ A group counts as gone once only zombies are left in it: where no init process r
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -25,7 +26,15 @@ from cronium_core.jobs import Stream
 
 from ._lines import pump_lines
 
-__all__ = ["ColdProcess", "FdReceiveStream", "JobProcess", "group_alive", "run_to_end"]
+__all__ = [
+    "ColdProcess",
+    "FdReceiveStream",
+    "JobProcess",
+    "group_alive",
+    "run_to_end",
+    "stop_group",
+    "wait_group_gone",
+]
 
 log = logging.getLogger(__name__)
 
@@ -144,13 +153,11 @@ def group_alive(pgid: int) -> bool:
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
-async def _wait_group_gone(pgid: int) -> None:
+async def wait_group_gone(pgid: int) -> None:
     delay = 0.005
     while group_alive(pgid):
         await anyio.sleep(delay)
@@ -163,11 +170,11 @@ async def stop_group(pgid: int, kill_grace: float) -> bool:
         return False
     _signal_group(pgid, signal.SIGTERM)
     with anyio.move_on_after(kill_grace):
-        await _wait_group_gone(pgid)
+        await wait_group_gone(pgid)
     if group_alive(pgid):
         _signal_group(pgid, signal.SIGKILL)
         with anyio.move_on_after(KILL_WAIT):
-            await _wait_group_gone(pgid)
+            await wait_group_gone(pgid)
     return True
 
 

@@ -15,20 +15,24 @@ from __future__ import annotations
 
 import sys
 
-if __name__ == "__main__" and sys.path and sys.path[0] == __file__.rpartition("/")[0]:
-    # this directory holds a module named "http": it must not shadow the standard library
+if __name__ == "__main__" and not sys.flags.safe_path:
+    # sys.path[0] is this directory, which holds a module named "http": it must not shadow
+    # the standard library, here or in the children
     del sys.path[0]
 
-import errno  # noqa: E402
-import json  # noqa: E402
-import os  # noqa: E402
-import runpy  # noqa: E402
-import selectors  # noqa: E402
-import signal  # noqa: E402
-import socket  # noqa: E402
-import traceback  # noqa: E402
-from types import FrameType, TracebackType  # noqa: E402
-from typing import Any, NoReturn  # noqa: E402
+import atexit
+import contextlib
+import errno
+import importlib
+import json
+import os
+import runpy
+import selectors
+import signal
+import socket
+import traceback
+from types import FrameType, TracebackType
+from typing import Any, NoReturn
 
 MAX_MESSAGE = 256 * 1024
 _FDS_PER_JOB = 4
@@ -81,7 +85,7 @@ class Zygote:
         try:
             request = json.loads(message)
             pid = os.fork()
-        except Exception as exc:  # noqa: BLE001 - reported to the executor, which falls back
+        except Exception as exc:  # reported to the executor, which falls back
             _write(reply, f"error {type(exc).__name__}: {exc}\n".replace("\n", " ") + "\n")
             for fd in fds:
                 os.close(fd)
@@ -132,8 +136,9 @@ class Zygote:
             sys.argv = list(argv)
             # as ``python script.py`` would: the script's directory comes first
             sys.path.insert(0, os.path.dirname(os.path.abspath(argv[0])))
-            if "tempfile" in sys.modules:
-                sys.modules["tempfile"].tempdir = None  # it caches TMPDIR
+            tempfile: Any = sys.modules.get("tempfile")
+            if tempfile is not None:
+                tempfile.tempdir = None  # it caches TMPDIR
             code = _run_script(argv[0])
         finally:
             os._exit(code)
@@ -160,10 +165,9 @@ def _close_fds_from(lowest: int) -> None:
         return
     for fd in open_fds:
         if fd >= lowest:
-            try:
+            # one of them was the directory listing's own, already closed
+            with contextlib.suppress(OSError):
                 os.close(fd)
-            except OSError:
-                pass  # the directory listing's own descriptor
 
 
 def _script_traceback(tb: TracebackType | None, script: str) -> TracebackType | None:
@@ -178,7 +182,7 @@ def _flush_stdio() -> None:
         try:
             if stream is not None:
                 stream.flush()
-        except Exception:  # noqa: BLE001, S110 - like the interpreter, ignore a broken pipe
+        except Exception:
             pass
 
 
@@ -190,20 +194,19 @@ def _run_script(path: str) -> int:
         code = 0
     except SystemExit as exc:
         code = _system_exit_code(exc)
-    except BaseException as exc:  # noqa: BLE001 - the uncaught exception of the script
-        sys.excepthook(type(exc), exc, _script_traceback(exc.__traceback__, path))
+    except BaseException as exc:  # the uncaught exception of the script
+        trimmed = _script_traceback(exc.__traceback__, path)
+        sys.excepthook(type(exc), exc.with_traceback(trimmed), trimmed)
         interrupted = isinstance(exc, KeyboardInterrupt)
         code = 1
     try:
         threading = sys.modules.get("threading")
         if threading is not None:
-            threading._shutdown()  # type: ignore[attr-defined]  # join non-daemon threads
-        import atexit
-
+            threading._shutdown()  # join the non-daemon threads, as the interpreter does
         atexit._run_exitfuncs()
     except SystemExit as exc:
         code = _system_exit_code(exc)
-    except BaseException:  # noqa: BLE001
+    except BaseException:
         traceback.print_exc()
     _flush_stdio()
     if interrupted:
@@ -218,19 +221,15 @@ def _system_exit_code(exc: SystemExit) -> int:
         return 0
     if isinstance(exc.code, int):
         return exc.code & 0xFF
-    try:
+    with contextlib.suppress(Exception):
         print(exc.code, file=sys.stderr)
-    except Exception:  # noqa: BLE001, S110
-        pass
     return 1
 
 
 def main() -> None:
     control = socket.socket(fileno=int(sys.argv[1]))
-    try:
-        import cronium  # noqa: F401 - loaded once here, shared by every child
-    except ImportError:
-        pass
+    with contextlib.suppress(ImportError):
+        importlib.import_module("cronium")  # loaded once here, shared by every child
     Zygote(control).serve()
 
 

@@ -1,0 +1,248 @@
+"""The ``local`` executor: runs bash, Python and node scripts as processes on the worker's host.
+
+Each job gets:
+
+- a fresh directory, removed afterwards: ``work/`` (the working directory and ``HOME``),
+  ``tmp/`` (``TMPDIR``) and ``code/`` (the script file);
+- an environment built from nothing but ``PATH``, ``HOME``, ``LANG=C.UTF-8``, ``TMPDIR``,
+  ``PYTHONUNBUFFERED=1`` (so that output streams live) and the request's ``env``. The worker's
+  own environment never reaches a job: it holds secrets such as the database URL;
+- the SDKs (:func:`~cronium_executors._sdk.sdk_paths`) on ``PYTHONPATH`` and ``NODE_PATH``,
+  and the bash SDK sourced before a bash script;
+- a session of its own, so that the job and everything it starts form one process group,
+  stopped as a whole (SIGTERM, ``kill_grace`` seconds, SIGKILL) when the job is cancelled or
+  times out, and when its main process ends while something it started still runs.
+
+Python scripts run on the worker's own interpreter (``sys.executable``, setting ``python``),
+so that the Python SDK shipped with this Cronium runs on the Python version it was written
+for. By default they do not even start it: a warm pool (:mod:`cronium_executors._pyfork`)
+keeps a pre-started interpreter (the *zygote*) that has imported the standard library modules
+it needs and the SDK, and forks one child per job, which saves tens of milliseconds a job.
+The price: what the zygote imported is shared by every child as it was at fork time (its
+modules, the hash seed, ``sys.flags``), so the zygote imports only the standard library and
+the SDK, never user code. A job whose environment changes how the interpreter starts
+(``PYTHON*``, ``LANG``, ``LC_*`` variables) is spawned cold, as is every job while the zygote
+is down (it is restarted in the background).
+
+Settings (the config mapping): ``python``, ``bash``, ``node`` (interpreter commands),
+``warm_python`` (bool, default true), ``path`` (the jobs' ``PATH``, default the worker's),
+``work_root`` (where job directories are made, default the system temp dir).
+
+The worker must reap orphans: when it runs as PID 1 of a container, start it with an init
+(``docker run --init``), or the zombies of the jobs' orphans pile up.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.to_thread
+import attrs
+
+from cronium_core.errors import ValidationError
+from cronium_core.events import Action, Script
+from cronium_core.executors import ExecutionRequest, Executor, LogSink, Outcome
+from cronium_core.hookspecs import hookimpl
+from cronium_core.jobs import Stream
+from cronium_core.plugins import ExecutorRegistry
+
+from ._process import ColdProcess, JobProcess, run_to_end
+from ._pyfork import WarmPythonPool
+from ._sdk import SdkPaths, sdk_paths
+
+__all__ = ["LocalExecutor", "LocalSettings", "cronium_register_executors"]
+
+_SUFFIXES = {"bash": ".sh", "python": ".py", "node": ".js"}
+# $0 is the script, $1 the SDK: source the SDK, then the script, in the same shell
+_BASH_WITH_SDK = '. "$1" || exit 1; shift; . "$0"'
+
+
+def _default_path() -> str:
+    return os.environ.get("PATH") or os.defpath
+
+
+@attrs.frozen(kw_only=True)
+class LocalSettings:
+    python: str = sys.executable
+    bash: str = "bash"
+    node: str = "node"
+    warm_python: bool = True
+    path: str = attrs.field(factory=_default_path)
+    work_root: str = attrs.field(factory=tempfile.gettempdir)
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> LocalSettings:
+        kinds: dict[str, type] = {
+            "python": str,
+            "bash": str,
+            "node": str,
+            "warm_python": bool,
+            "path": str,
+            "work_root": str,
+        }
+        for key, value in config.items():
+            if key not in kinds:
+                raise ValidationError(f"executors.local.{key}", "is not a setting of it")
+            if not isinstance(value, kinds[key]):
+                raise ValidationError(f"executors.local.{key}", f"must be a {kinds[key].__name__}")
+        return cls(**config)
+
+
+@attrs.frozen
+class _Workspace:
+    root: Path
+
+    @property
+    def home(self) -> Path:
+        return self.root / "work"
+
+    @property
+    def tmp(self) -> Path:
+        return self.root / "tmp"
+
+    @classmethod
+    def create(cls, parent: str) -> _Workspace:
+        workspace = cls(Path(tempfile.mkdtemp(prefix="cronium-job-", dir=parent)))
+        for directory in (workspace.home, workspace.tmp, workspace.root / "code"):
+            directory.mkdir(mode=0o700)
+        return workspace
+
+    def write_script(self, script: Script) -> Path:
+        path = self.root / "code" / f"job{_SUFFIXES[script.language]}"
+        path.write_text(script.code, encoding="utf-8")
+        return path
+
+    def remove(self) -> None:
+        _remove_tree(self.root)
+
+
+def _remove_tree(root: Path) -> None:
+    """Remove a job directory even where the job took its own permissions away."""
+
+    def make_writable_and_retry(function: Callable[[str], object], path: str, _: object) -> None:
+        try:
+            os.chmod(os.path.dirname(path), stat.S_IRWXU)
+            if os.path.isdir(path) and not os.path.islink(path):
+                os.chmod(path, stat.S_IRWXU)
+            function(path)
+        except FileNotFoundError:
+            pass
+
+    if sys.version_info >= (3, 12):
+        shutil.rmtree(root, onexc=make_writable_and_retry)
+    else:
+        shutil.rmtree(root, onerror=make_writable_and_retry)
+
+
+def _prepend(env: dict[str, str], name: str, paths: Sequence[Path]) -> None:
+    parts = [str(p) for p in paths]
+    if env.get(name):
+        parts.append(env[name])
+    if parts:
+        env[name] = os.pathsep.join(parts)
+
+
+class LocalExecutor(Executor):
+    """Runs :class:`~cronium_core.events.Script` actions as local processes."""
+
+    name = "local"
+
+    def __init__(self, config: Mapping[str, Any] | None = None) -> None:
+        self.settings = LocalSettings.from_config(config or {})
+        self.sdk: SdkPaths = sdk_paths()
+        self._pool: WarmPythonPool | None = None
+
+    @property
+    def warm_pool_pid(self) -> int | None:
+        """The pid of the warm pool's zygote, while one runs."""
+        return self._pool.pid if self._pool is not None else None
+
+    async def start(self, exit_stack: AsyncExitStack) -> None:
+        if self.settings.warm_python:
+            root = self.settings.work_root
+            pool = WarmPythonPool(
+                python=self.settings.python, env=self.job_env(root, root, {}), cwd=root
+            )
+            await pool.start(exit_stack)
+            self._pool = pool
+
+    def can_run(self, action: Action) -> bool:
+        return isinstance(action, Script)
+
+    def job_env(self, home: str, tmp: str, extra: Mapping[str, str]) -> dict[str, str]:
+        env = {
+            "PATH": self.settings.path,
+            "HOME": home,
+            "LANG": "C.UTF-8",
+            "TMPDIR": tmp,
+            "PYTHONUNBUFFERED": "1",
+        }
+        env.update(extra)
+        _prepend(env, "PYTHONPATH", self.sdk.python)
+        _prepend(env, "NODE_PATH", self.sdk.node)
+        return env
+
+    def _command(self, script: Script, path: Path) -> list[str]:
+        if script.language == "python":
+            return [self.settings.python, str(path)]
+        if script.language == "node":
+            return [self.settings.node, str(path)]
+        if self.sdk.bash is not None:
+            return [self.settings.bash, "-c", _BASH_WITH_SDK, str(path), str(self.sdk.bash)]
+        return [self.settings.bash, str(path)]
+
+    async def execute(self, request: ExecutionRequest, emit: LogSink) -> Outcome:
+        script = request.action
+        if not isinstance(script, Script):
+            return Outcome(
+                exit_code=None, error=f"the local executor cannot run {script.kind} actions"
+            )
+        workspace = _Workspace.create(self.settings.work_root)
+        try:
+            path = workspace.write_script(script)
+            env = self.job_env(str(workspace.home), str(workspace.tmp), request.env)
+            command = self._command(script, path)
+            try:
+                process = await self._spawn(script, command, workspace, env)
+            except OSError as exc:
+                error = f"cannot start {command[0]}: {exc.strerror or exc}"
+                await emit(Stream.SYSTEM, error)
+                return Outcome(exit_code=None, error=error)
+            return await run_to_end(process, kill_grace=request.kill_grace, emit=emit)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(workspace.remove)
+
+    async def _spawn(
+        self, script: Script, command: list[str], workspace: _Workspace, env: dict[str, str]
+    ) -> JobProcess:
+        pool = self._pool
+        if script.language == "python" and pool is not None and pool.accepts(env):
+            child = await pool.spawn(command[1:], str(workspace.home), env)
+            if child is not None:
+                return child
+        process = await anyio.open_process(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=workspace.home,
+            env=env,
+            start_new_session=True,
+        )
+        return ColdProcess(process)
+
+
+@hookimpl
+def cronium_register_executors(register: ExecutorRegistry) -> None:
+    register.add("local", LocalExecutor)

@@ -1,0 +1,398 @@
+"""The ``cronium`` command line.
+
+::
+
+    cronium serve [--demo]           everything in one process (SQLite + local executor)
+    cronium worker                   claim and run jobs (many may run, on many machines)
+    cronium scheduler                turn schedules into jobs (several may run)
+    cronium db upgrade|check         schema migrations
+    cronium event add|list|show|remove|pause|resume
+    cronium run EVENT [--input JSON] [--follow]
+    cronium job show|cancel|logs JOB [--follow]
+    cronium workflow list|run NAME [--input JSON]
+
+The database comes from ``--db`` or ``CRONIUM_DATABASE_URL`` (default: ``sqlite:///cronium.db``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from cronium_core import (
+    Cron,
+    Cronium,
+    CroniumError,
+    Event,
+    HttpRequest,
+    Interval,
+    Job,
+    JobStatus,
+    Manual,
+    RetryPolicy,
+    Script,
+    WorkflowRun,
+)
+from cronium_core.marshal import event_to_dict
+from cronium_core.schedules import Schedule
+
+DEFAULT_DB = "sqlite:///cronium.db"
+log = logging.getLogger("cronium.cli")
+
+
+def _db(args: argparse.Namespace) -> str:
+    import os
+
+    return str(args.db or os.environ.get("CRONIUM_DATABASE_URL") or DEFAULT_DB)
+
+
+def _json_arg(value: str | None) -> Any:
+    if value is None:
+        return None
+    if value.startswith("@"):
+        value = Path(value[1:]).read_text()
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise SystemExit(f"--input is not valid JSON: {exc}") from None
+
+
+def _status_mark(status: JobStatus | str) -> str:
+    return {"succeeded": "ok ", "failed": "ERR", "timed_out": "TMO", "cancelled": "CNL"}.get(
+        str(status), "..."
+    )
+
+
+def print_job(job: Job, name: str = "") -> None:
+    dur = f"{job.duration:.2f}s" if job.duration is not None else "-"
+    out = "" if job.output in (None, {}) else f"  output={json.dumps(job.output)}"
+    err = f"  error={job.error}" if job.error and job.status is not JobStatus.SUCCEEDED else ""
+    print(f"[{_status_mark(job.status)}] {name or job.event_id}  {job.status}  {dur}{out}{err}",
+          flush=True)  # fmt: skip
+
+
+def print_run(run: WorkflowRun, names: dict[str, str] | None = None) -> None:
+    dur = f"{run.duration:.2f}s" if run.duration is not None else "-"
+    print(f"workflow run {run.id}: {run.status} in {dur}", flush=True)
+    for node_id, node in run.nodes.items():
+        ndur = f"{node.duration:.2f}s" if node.duration is not None else ""
+        out = f"  output={json.dumps(node.output)}" if node.output not in (None, {}) else ""
+        print(f"  {node_id:<12} {node.status:<10} {ndur:>7}{out}", flush=True)
+
+
+# -- serve ---------------------------------------------------------------------------------
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    from . import demo
+
+    async with Cronium(_db(args), max_jobs=args.max_jobs) as cr:
+        names = {r.event.id: r.event.name for r in await cr.events.list()}
+        print(f"cronium: serving {_db(args)} with executors {', '.join(cr.executors)}; "
+              "Ctrl-C stops", flush=True)  # fmt: skip
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_report_finished, cr, names)
+            if args.demo:
+                workflow = await demo.install(cr)
+                names.update({r.event.id: r.event.name for r in await cr.events.list()})
+                clock_job = await cr.run("demo-clock")
+                runs = [
+                    await cr.workflows.run(workflow, input={"reading": 72}),
+                    await cr.workflows.run(workflow, input={"reading": 17}),
+                    await cr.workflows.run(workflow, input={"reading": -1}),
+                ]
+                await cr.jobs.wait(clock_job.id, timeout=60)
+                for run in runs:
+                    print_run(await cr.workflows.wait(run.id, timeout=60))
+                if args.exit_after_demo:
+                    tg.cancel_scope.cancel()
+                    return 0
+                print("demo installed: demo-clock runs every minute (Ctrl-C stops)", flush=True)
+            with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                async for _ in signals:
+                    print("cronium: stopping", flush=True)
+                    tg.cancel_scope.cancel()
+                    break
+    return 0
+
+
+async def _report_finished(cr: Cronium, names: dict[str, str]) -> None:
+    async with cr.broker.subscribe() as notices:
+        async for notice in notices:
+            if notice.topic == "job.finished":
+                job = await cr.jobs.get(str(notice.data["id"]))
+                if job.event_id not in names:
+                    names.update({r.event.id: r.event.name for r in await cr.events.list()})
+                label = names.get(job.event_id, job.event_id)
+                if job.node_id:
+                    label += f" (workflow node {job.node_id})"
+                print_job(job, label)
+
+
+# -- worker, scheduler ---------------------------------------------------------------------
+
+
+async def _worker(args: argparse.Namespace) -> int:
+    executors = args.executors.split(",") if args.executors else None
+    async with Cronium(
+        _db(args), scheduler=False, max_jobs=args.max_jobs, lease_seconds=args.lease,
+        executors=executors, upgrade=False, worker_id=args.id,
+        reap_interval=args.reap_interval, poll_interval=args.poll_interval,
+    ) as cr:  # fmt: skip
+        worker = cr.worker
+        assert worker is not None
+        print(f"cronium worker {worker.id}: running (executors: {', '.join(cr.executors)})",
+              flush=True)  # fmt: skip
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async with anyio.create_task_group() as tg:
+
+                async def on_signals() -> None:
+                    count = 0
+                    async for _ in signals:
+                        count += 1
+                        if count == 1:
+                            print("cronium worker: finishing running jobs, claiming no more "
+                                  "(send again to stop them now)", flush=True)  # fmt: skip
+                            worker.stop(graceful=True)
+                        else:
+                            print("cronium worker: stopping running jobs", flush=True)
+                            worker.stop(graceful=False)
+
+                tg.start_soon(on_signals)
+                await worker.wait_stopped()
+                tg.cancel_scope.cancel()
+    print("cronium worker: stopped", flush=True)
+    return 0
+
+
+async def _scheduler(args: argparse.Namespace) -> int:
+    async with Cronium(_db(args), worker=False, upgrade=False) as cr:
+        print("cronium scheduler: running", flush=True)
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for _ in signals:
+                break
+    return 0
+
+
+# -- db ------------------------------------------------------------------------------------
+
+
+async def _db_cmd(args: argparse.Namespace) -> int:
+    from contextlib import AsyncExitStack
+
+    from cronium_core import schema
+    from cronium_core.datastore import DataStore
+
+    store = DataStore(url=_db(args))
+    async with AsyncExitStack() as stack:
+        stack.push_async_callback(store.engine.dispose)
+        if args.action == "upgrade":
+            applied = await schema.upgrade(store.engine)
+            print(f"applied migrations: {applied}" if applied else "schema is up to date")
+        else:
+            await schema.check_schema(store.engine)
+            print(f"schema version {schema.SCHEMA_VERSION}: ok")
+    return 0
+
+
+# -- events, jobs, workflows ---------------------------------------------------------------
+
+
+def _client(args: argparse.Namespace) -> Cronium:
+    return Cronium(_db(args), worker=False, scheduler=False)
+
+
+def _schedule(args: argparse.Namespace) -> Schedule:
+    if args.cron:
+        return Cron(expression=args.cron, timezone=args.timezone)
+    if args.interval:
+        return Interval(seconds=args.interval)
+    return Manual()
+
+
+async def _event_cmd(args: argparse.Namespace) -> int:
+    async with _client(args) as cr:
+        if args.action == "add":
+            action: Script | HttpRequest
+            if args.url:
+                action = HttpRequest(url=args.url, method=args.method)
+            else:
+                code = args.code
+                if code is None:
+                    raise SystemExit("give the script with --code TEXT or --code @FILE")
+                if code.startswith("@"):
+                    code = Path(code[1:]).read_text()
+                action = Script(language=args.language, code=code)
+            env = dict(item.split("=", 1) for item in args.env or [])
+            event = await cr.events.add(
+                Event(
+                    name=args.name,
+                    action=action,
+                    schedule=_schedule(args),
+                    executor="http" if args.url else args.executor,
+                    timeout=args.timeout,
+                    retry=RetryPolicy(max_attempts=args.attempts),
+                    env=env,
+                )
+            )
+            print(event.id)
+        elif args.action == "list":
+            for rec in await cr.events.list():
+                nxt = rec.next_fire_time.isoformat(timespec="seconds") if rec.next_fire_time else "-"
+                print(f"{rec.event.id}  {rec.event.name:<24} {rec.event.status:<8} next={nxt}  "
+                      f"runs={rec.runs_total} ok={rec.runs_succeeded} "
+                      f"failed={rec.runs_failed}")  # fmt: skip
+        elif args.action == "show":
+            print(json.dumps(event_to_dict(await cr.events.get(args.name)), indent=2))
+        elif args.action == "remove":
+            await cr.events.remove(args.name)
+        elif args.action == "pause":
+            await cr.events.pause(args.name)
+        elif args.action == "resume":
+            await cr.events.resume(args.name)
+    return 0
+
+
+async def _run_cmd(args: argparse.Namespace) -> int:
+    async with _client(args) as cr:
+        job = await cr.run(args.event, _json_arg(args.input), idempotency_key=args.key)
+        print(job.id, flush=True)
+        if args.follow:
+            return await _follow(cr, job.id)
+    return 0
+
+
+async def _follow(cr: Cronium, job_id: str) -> int:
+    async for line in cr.jobs.follow(job_id):
+        stream = "" if line.stream == "stdout" else f"[{line.stream}] "
+        print(f"{stream}{line.text}", flush=True)
+    job = await cr.jobs.get(job_id)
+    print_job(job)
+    return 0 if job.status is JobStatus.SUCCEEDED else 1
+
+
+async def _job_cmd(args: argparse.Namespace) -> int:
+    async with _client(args) as cr:
+        if args.action == "show":
+            print_job(await cr.jobs.get(args.job))
+        elif args.action == "cancel":
+            print_job(await cr.jobs.cancel(args.job))
+        elif args.action == "logs":
+            if args.follow:
+                return await _follow(cr, args.job)
+            for line in await cr.jobs.logs(args.job):
+                print(f"{line.seq:>5} {line.stream:<6} {line.text}")
+        elif args.action == "list":
+            for job in await cr.jobs.list(limit=args.limit):
+                print(f"{job.id}  {job.status:<10} {job.trigger:<9} attempt={job.attempt}")
+    return 0
+
+
+async def _workflow_cmd(args: argparse.Namespace) -> int:
+    async with _client(args) as cr:
+        if args.action == "list":
+            for wf in await cr.workflows.list():
+                print(f"{wf.id}  {wf.name}  nodes={len(wf.nodes)}")
+        else:
+            run = await cr.workflows.run(args.name, _json_arg(args.input))
+            print(run.id, flush=True)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cronium", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--db", help="database URL (default: $CRONIUM_DATABASE_URL or "
+                        f"{DEFAULT_DB})")  # fmt: skip
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("serve", help="run everything in one process")
+    p.add_argument("--demo", action="store_true", help="install and run the demo")
+    p.add_argument("--exit-after-demo", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--max-jobs", type=int, default=4)
+    p.set_defaults(func=_serve)
+
+    p = sub.add_parser("worker", help="claim and run jobs")
+    p.add_argument("--max-jobs", type=int, default=4)
+    p.add_argument("--executors", help="comma-separated executor names (default: all)")
+    p.add_argument("--id", help="worker id (default: host:pid:random)")
+    p.add_argument("--lease", type=float, default=30.0, help="lease seconds")
+    p.add_argument("--reap-interval", type=float, default=5.0)
+    p.add_argument("--poll-interval", type=float, default=1.0)
+    p.set_defaults(func=_worker)
+
+    p = sub.add_parser("scheduler", help="turn schedules into jobs")
+    p.set_defaults(func=_scheduler)
+
+    p = sub.add_parser("db", help="schema migrations")
+    p.add_argument("action", choices=["upgrade", "check"])
+    p.set_defaults(func=_db_cmd)
+
+    p = sub.add_parser("event", help="manage events")
+    p.add_argument("action", choices=["add", "list", "show", "remove", "pause", "resume"])
+    p.add_argument("name", nargs="?")
+    p.add_argument("--language", choices=["python", "bash", "node"], default="python")
+    p.add_argument("--code", help="script text, or @FILE")
+    p.add_argument("--url", help="an HTTP request event instead of a script")
+    p.add_argument("--method", default="GET")
+    p.add_argument("--cron", help="cron expression, e.g. '*/5 * * * *'")
+    p.add_argument("--timezone", default="UTC", help="IANA zone for --cron")
+    p.add_argument("--interval", type=float, help="run every N seconds")
+    p.add_argument("--executor", default="local")
+    p.add_argument("--timeout", type=float, default=3600.0)
+    p.add_argument("--attempts", type=int, default=1)
+    p.add_argument("--env", action="append", metavar="NAME=VALUE")
+    p.set_defaults(func=_event_cmd)
+
+    p = sub.add_parser("run", help="run an event now")
+    p.add_argument("event")
+    p.add_argument("--input", help="JSON input, or @FILE")
+    p.add_argument("--key", help="idempotency key")
+    p.add_argument("--follow", "-f", action="store_true", help="stream the log until it ends")
+    p.set_defaults(func=_run_cmd)
+
+    p = sub.add_parser("job", help="inspect and cancel jobs")
+    p.add_argument("action", choices=["show", "cancel", "logs", "list"])
+    p.add_argument("job", nargs="?")
+    p.add_argument("--follow", "-f", action="store_true")
+    p.add_argument("--limit", type=int, default=50)
+    p.set_defaults(func=_job_cmd)
+
+    p = sub.add_parser("workflow", help="list and run workflows")
+    p.add_argument("action", choices=["list", "run"])
+    p.add_argument("name", nargs="?")
+    p.add_argument("--input")
+    p.set_defaults(func=_workflow_cmd)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    needs_name = {"show", "remove", "pause", "resume", "add"}
+    if args.command == "event" and args.action in needs_name and not args.name:
+        raise SystemExit(f"cronium event {args.action}: give the event name")
+    if args.command == "job" and args.action != "list" and not args.job:
+        raise SystemExit(f"cronium job {args.action}: give the job id")
+    try:
+        return int(anyio.run(args.func, args))
+    except CroniumError as exc:
+        print(f"cronium: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
