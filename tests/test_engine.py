@@ -32,9 +32,13 @@ pytestmark = pytest.mark.anyio
 @pytest.fixture
 async def cr(db_url: str) -> AsyncIterator[Cronium]:
     async with Cronium(
-        db_url, plugins=[ScriptedPlugin()], executors=["scripted"], max_jobs=8,
-        poll_interval=0.2, scheduler=False,
-    ) as cr:  # fmt: skip
+        db_url,
+        plugins=[ScriptedPlugin()],
+        executors=["scripted"],
+        max_jobs=8,
+        poll_interval=0.2,
+        scheduler=False,
+    ) as cr:
         yield cr
 
 
@@ -52,8 +56,10 @@ async def test_run_wait_output_and_logs(cr: Cronium) -> None:
     done = await cr.jobs.wait(job.id, timeout=10)
     assert done.status is JobStatus.SUCCEEDED and done.output == {"n": 1} and done.exit_code == 0
     assert [(ln.stream, ln.text) for ln in await cr.jobs.logs(job.id)] == [
-        (Stream.STDOUT, "one"), (Stream.STDOUT, "two"), (Stream.STDOUT, '{"x": 1}'),
-    ]  # fmt: skip
+        (Stream.STDOUT, "one"),
+        (Stream.STDOUT, "two"),
+        (Stream.STDOUT, '{"x": 1}'),
+    ]
     followed = [ln.text async for ln in cr.jobs.follow(job.id)]
     assert followed == ["one", "two", '{"x": 1}']
     rec = await cr.events.record(e.id)
@@ -61,8 +67,12 @@ async def test_run_wait_output_and_logs(cr: Cronium) -> None:
 
 
 async def test_retries_then_success(cr: Cronium) -> None:
-    e = await ev(cr, "flaky", fail_attempts=2,
-                 event={"retry": RetryPolicy(max_attempts=3, backoff_base=0.05)})  # fmt: skip
+    e = await ev(
+        cr,
+        "flaky",
+        fail_attempts=2,
+        event={"retry": RetryPolicy(max_attempts=3, backoff_base=0.05)},
+    )
     job = await cr.run(e.id)
     done = await cr.jobs.wait(job.id, timeout=15)
     assert done.status is JobStatus.SUCCEEDED and done.attempt == 3
@@ -111,14 +121,20 @@ async def branch_workflow(cr: Cronium, **measure: object) -> Workflow:
     return await cr.workflows.add(
         Workflow(
             name="branches",
-            nodes=[Node(id="measure", event_id=m.id), Node(id="ok", event_id=ok.id),
-                   Node(id="bad", event_id=bad.id), Node(id="cond", event_id=cond.id),
-                   Node(id="always", event_id=always.id)],
-            edges=[Edge(source="measure", target="ok", kind=EdgeKind.ON_SUCCESS),
-                   Edge(source="measure", target="bad", kind=EdgeKind.ON_FAILURE),
-                   Edge(source="measure", target="cond", kind=EdgeKind.ON_CONDITION),
-                   Edge(source="measure", target="always", kind=EdgeKind.ALWAYS)],
-        )  # fmt: skip
+            nodes=[
+                Node(id="measure", event_id=m.id),
+                Node(id="ok", event_id=ok.id),
+                Node(id="bad", event_id=bad.id),
+                Node(id="cond", event_id=cond.id),
+                Node(id="always", event_id=always.id),
+            ],
+            edges=[
+                Edge(source="measure", target="ok", kind=EdgeKind.ON_SUCCESS),
+                Edge(source="measure", target="bad", kind=EdgeKind.ON_FAILURE),
+                Edge(source="measure", target="cond", kind=EdgeKind.ON_CONDITION),
+                Edge(source="measure", target="always", kind=EdgeKind.ALWAYS),
+            ],
+        )
     )
 
 
@@ -127,9 +143,13 @@ async def test_workflow_success_and_condition_branches(cr: Cronium) -> None:
     run = await cr.workflows.wait((await cr.workflows.run(wf.id)).id, timeout=20)
     assert run.status == "succeeded"
     status = {n: r.status for n, r in run.nodes.items()}
-    assert status == {"measure": NodeStatus.SUCCEEDED, "ok": NodeStatus.SUCCEEDED,
-                      "bad": NodeStatus.SKIPPED, "cond": NodeStatus.SUCCEEDED,
-                      "always": NodeStatus.SUCCEEDED}  # fmt: skip
+    assert status == {
+        "measure": NodeStatus.SUCCEEDED,
+        "ok": NodeStatus.SUCCEEDED,
+        "bad": NodeStatus.SKIPPED,
+        "cond": NodeStatus.SUCCEEDED,
+        "always": NodeStatus.SUCCEEDED,
+    }
     assert run.nodes["ok"].output == {"reading": 72}  # the parent's output became its input
     assert run.nodes["cond"].output == {"reading": 72}
     assert all(run.nodes[n].duration is not None for n in ("measure", "ok", "cond"))
@@ -147,9 +167,13 @@ async def test_workflow_failure_branch_handles_failure(cr: Cronium) -> None:
 async def test_unhandled_failure_fails_the_run(cr: Cronium) -> None:
     a = await ev(cr, "a", exit=2)
     b = await ev(cr, "b")
-    wf = await cr.workflows.add(Workflow(
-        name="chain", nodes=[Node(id="a", event_id=a.id), Node(id="b", event_id=b.id)],
-        edges=[Edge(source="a", target="b")]))  # fmt: skip
+    wf = await cr.workflows.add(
+        Workflow(
+            name="chain",
+            nodes=[Node(id="a", event_id=a.id), Node(id="b", event_id=b.id)],
+            edges=[Edge(source="a", target="b")],
+        )
+    )
     run = await cr.workflows.wait((await cr.workflows.run(wf.id)).id, timeout=20)
     assert run.status == "failed" and "a" in (run.error or "")
     assert run.nodes["b"].status is NodeStatus.SKIPPED
@@ -160,12 +184,23 @@ async def test_parallel_branches_join_once(cr: Cronium) -> None:
     left = await ev(cr, "left", sleep=0.3, output={"side": "left"})
     right = await ev(cr, "right", sleep=0.3, output={"side": "right"})
     join = await ev(cr, "join", output_input=True)
-    wf = await cr.workflows.add(Workflow(
-        name="diamond",
-        nodes=[Node(id="root", event_id=root.id), Node(id="left", event_id=left.id),
-               Node(id="right", event_id=right.id), Node(id="join", event_id=join.id)],
-        edges=[Edge(source="root", target="left"), Edge(source="root", target="right"),
-               Edge(source="left", target="join"), Edge(source="right", target="join")]))  # fmt: skip
+    wf = await cr.workflows.add(
+        Workflow(
+            name="diamond",
+            nodes=[
+                Node(id="root", event_id=root.id),
+                Node(id="left", event_id=left.id),
+                Node(id="right", event_id=right.id),
+                Node(id="join", event_id=join.id),
+            ],
+            edges=[
+                Edge(source="root", target="left"),
+                Edge(source="root", target="right"),
+                Edge(source="left", target="join"),
+                Edge(source="right", target="join"),
+            ],
+        )
+    )
     run = await cr.workflows.wait((await cr.workflows.run(wf.id, {"go": 1})).id, timeout=20)
     assert run.status == "succeeded"
     assert run.nodes["join"].output == {"left": {"side": "left"}, "right": {"side": "right"}}
@@ -181,10 +216,17 @@ async def test_parallel_branches_join_once(cr: Cronium) -> None:
 
 async def test_conditional_actions_and_loop_refusal(cr: Cronium) -> None:
     target = await ev(cr, "notify", output_input=True)
-    source = await cr.events.add(Event(
-        name="source", action=scripted(output={"msg": "hi"}), executor="scripted",
-        conditional_actions=[ConditionalAction(when="on_success", run_event=target.id),
-                             ConditionalAction(when="on_failure", run_event="nonexistent")]))  # fmt: skip
+    source = await cr.events.add(
+        Event(
+            name="source",
+            action=scripted(output={"msg": "hi"}),
+            executor="scripted",
+            conditional_actions=[
+                ConditionalAction(when="on_success", run_event=target.id),
+                ConditionalAction(when="on_failure", run_event="nonexistent"),
+            ],
+        )
+    )
     done = await cr.jobs.wait((await cr.run(source.id)).id, timeout=10)
     assert done.status is JobStatus.SUCCEEDED
     with anyio.fail_after(10):
@@ -192,8 +234,9 @@ async def test_conditional_actions_and_loop_refusal(cr: Cronium) -> None:
             await anyio.sleep(0.05)
     assert jobs[0].output == {"msg": "hi"} and jobs[0].trigger == "action"
     assert len(jobs) == 1
-    looping = attrs.evolve(target, conditional_actions=[
-        ConditionalAction(when="always", run_event=source.id)])  # fmt: skip
+    looping = attrs.evolve(
+        target, conditional_actions=[ConditionalAction(when="always", run_event=source.id)]
+    )
     with pytest.raises(ValidationError, match="would loop: notify -> source -> notify"):
         await cr.events.update(looping)
 

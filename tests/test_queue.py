@@ -52,8 +52,9 @@ async def test_enqueue_claim_finish(store: DataStore, queue: JobQueue) -> None:
     assert claimed.id == job.id and claimed.status is JobStatus.RUNNING
     assert claimed.attempt == 1 and claimed.lease_owner == "w1" and claimed.lease_id
     assert await queue.claim("w2", 5) == []
-    result = await queue.finish(claimed.id, claimed.lease_id, status=JobStatus.SUCCEEDED,
-                                exit_code=0, output={"y": 2})  # fmt: skip
+    result = await queue.finish(
+        claimed.id, claimed.lease_id, status=JobStatus.SUCCEEDED, exit_code=0, output={"y": 2}
+    )
     assert result is not None and not result.retrying
     done = await queue.get(job.id)
     assert done.status is JobStatus.SUCCEEDED and done.output == {"y": 2}
@@ -144,12 +145,17 @@ async def test_reaper_on_fabricated_state(
     async with store.begin() as conn:
         for job_id, heartbeat_age, attempt in zip(ids, (3, 120, 120), (1, 1, 2), strict=True):
             await conn.execute(
-                sa.update(JT).where(JT.c.id == job_id).values(
-                    status="running", attempt=attempt, lease_owner="ghost", lease_id=job_id,
+                sa.update(JT)
+                .where(JT.c.id == job_id)
+                .values(
+                    status="running",
+                    attempt=attempt,
+                    lease_owner="ghost",
+                    lease_id=job_id,
                     heartbeat_at=now - timedelta(seconds=heartbeat_age),
                     lease_expires=now - timedelta(seconds=heartbeat_age) + timedelta(seconds=30),
                 )
-            )  # fmt: skip
+            )
     result = await queue.reap()
     assert [j.id for j in result.requeued] == [ids[1]]
     assert [j.id for j in result.failed] == [ids[2]]
@@ -190,12 +196,18 @@ async def test_transactional_enqueue(store: DataStore, queue: JobQueue) -> None:
     class Rollback(Exception):
         pass
 
-    with pytest.raises(Rollback):
+    ghost_ids: list[str] = []
+
+    async def enqueue_then_fail() -> None:
         async with store.begin() as conn:
-            ghost = await queue.enqueue(ev, conn=conn)
+            ghost_ids.append((await queue.enqueue(ev, conn=conn)).id)
             raise Rollback
+
+    with pytest.raises(Rollback):
+        await enqueue_then_fail()
+    [ghost_id] = ghost_ids
     with pytest.raises(JobNotFound):
-        await queue.get(ghost.id)
+        await queue.get(ghost_id)
     assert await queue.claim("w") == []
     async with store.begin() as conn:
         real = await queue.enqueue(ev, conn=conn)
@@ -235,7 +247,9 @@ async def test_logs_in_order_and_capped(store: DataStore, clock: FakeClock) -> N
     ev = await add(store)
     job = await queue.enqueue(ev)
     now = clock.now()
-    first = await queue.append_logs(job.id, 1, [(Stream.STDOUT, now, f"line {i}") for i in range(5)])
+    first = await queue.append_logs(
+        job.id, 1, [(Stream.STDOUT, now, f"line {i}") for i in range(5)]
+    )
     assert [ln.seq for ln in first] == [1, 2, 3, 4, 5]
     await queue.append_logs(job.id, 1, [(Stream.STDERR, now, "x" * 400) for _ in range(5)])
     lines = await queue.read_logs(job.id)
@@ -244,4 +258,7 @@ async def test_logs_in_order_and_capped(store: DataStore, clock: FakeClock) -> N
     assert sum(len(ln.text) for ln in lines[:-1]) <= 1000
     assert (await queue.get(job.id)).log_truncated
     assert await queue.append_logs(job.id, 1, [(Stream.STDOUT, now, "more")]) == []
-    assert [ln.text for ln in await queue.read_logs(job.id, after=3, limit=2)] == ["line 3", "line 4"]
+    assert [ln.text for ln in await queue.read_logs(job.id, after=3, limit=2)] == [
+        "line 3",
+        "line 4",
+    ]

@@ -66,11 +66,12 @@ async def test_q1_claim_exclusivity_across_processes(db_url: str, tmp_path: Path
 
         async with store.read() as conn:
             rows = (await conn.execute(sa.select(audit))).all()
-            statuses = dict(
-                (await conn.execute(sa.select(JT.c.status, sa.func.count()).group_by(JT.c.status)))
-                .tuples()
-                .all()
-            )
+            statuses: dict[str, int] = {
+                status: n
+                for status, n in await conn.execute(
+                    sa.select(JT.c.status, sa.func.count()).group_by(JT.c.status)
+                )
+            }
             attempts = set((await conn.execute(sa.select(JT.c.attempt).distinct())).scalars())
 
     assert statuses == {JobStatus.SUCCEEDED.value: Q1_JOBS}

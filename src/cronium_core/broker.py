@@ -65,7 +65,9 @@ class LocalBroker(EventBroker):
         self._deliver(notice)
 
     @asynccontextmanager
-    async def subscribe(self, buffer: int = 256) -> AsyncIterator[MemoryObjectReceiveStream[Notice]]:
+    async def subscribe(
+        self, buffer: int = 256
+    ) -> AsyncIterator[MemoryObjectReceiveStream[Notice]]:
         send, receive = anyio.create_memory_object_stream[Notice](
             buffer if buffer > 0 else math.inf
         )

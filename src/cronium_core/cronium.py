@@ -10,6 +10,7 @@ together, and is what the CLI, the web app and the tests use (ARCHITECTURE §2):
 
 from __future__ import annotations
 
+import builtins
 import logging
 import math
 from collections.abc import AsyncIterator, Iterable, Mapping
@@ -166,9 +167,13 @@ class Cronium:
         if not isinstance(event, Event):
             event = await self.store.find_event(event)
         return await self.engine.enqueue(
-            event, input=input, idempotency_key=idempotency_key, priority=priority,
-            run_after=run_after, trigger=trigger,
-        )  # fmt: skip
+            event,
+            input=input,
+            idempotency_key=idempotency_key,
+            priority=priority,
+            run_after=run_after,
+            trigger=trigger,
+        )
 
 
 @attrs.define(eq=False)
@@ -196,7 +201,7 @@ class EventsAPI:
     async def record(self, event_id: str) -> EventRecord:
         return await self.cr.store.get_event_record(event_id)
 
-    async def list(self, *, owner: str | None = None) -> list[EventRecord]:
+    async def list(self, *, owner: str | None = None) -> builtins.list[EventRecord]:
         return await self.cr.store.list_events(owner=owner)
 
     async def remove(self, name_or_id: str) -> None:
@@ -211,7 +216,7 @@ class EventsAPI:
         event = await self.get(name_or_id)
         return await self.update(attrs.evolve(event, status=EventStatus.ACTIVE))
 
-    async def fires(self, name_or_id: str) -> list[FireRecord]:
+    async def fires(self, name_or_id: str) -> builtins.list[FireRecord]:
         event = await self.get(name_or_id)
         return await Scheduler(engine=self.cr.engine).fires(event.id)
 
@@ -228,7 +233,7 @@ class WorkflowsAPI:
     async def get(self, name_or_id: str) -> Workflow:
         return await self.cr.store.get_workflow(name_or_id)
 
-    async def list(self) -> list[Workflow]:
+    async def list(self) -> builtins.list[Workflow]:
         return await self.cr.store.list_workflows()
 
     async def run(
@@ -241,7 +246,9 @@ class WorkflowsAPI:
     async def get_run(self, run_id: str) -> WorkflowRun:
         return await self.cr.engine.get_run(run_id)
 
-    async def runs(self, workflow: str | None = None, limit: int = 50) -> list[WorkflowRun]:
+    async def runs(
+        self, workflow: str | None = None, limit: int = 50
+    ) -> builtins.list[WorkflowRun]:
         workflow_id = (await self.get(workflow)).id if workflow else None
         return await self.cr.engine.list_runs(workflow_id, limit)
 
@@ -267,13 +274,15 @@ class JobsAPI:
     async def get(self, job_id: str) -> Job:
         return await self.cr.queue.get(job_id)
 
-    async def list(self, **filters: Any) -> list[Job]:
+    async def list(self, **filters: Any) -> builtins.list[Job]:
         return await self.cr.queue.list(**filters)
 
     async def cancel(self, job_id: str) -> Job:
         return await self.cr.engine.cancel(job_id)
 
-    async def logs(self, job_id: str, *, after: int = 0, limit: int = 10_000) -> list[LogLine]:
+    async def logs(
+        self, job_id: str, *, after: int = 0, limit: int = 10_000
+    ) -> builtins.list[LogLine]:
         return await self.cr.queue.read_logs(job_id, after=after, limit=limit)
 
     async def wait(self, job_id: str, timeout: float = 60.0) -> Job:
@@ -310,9 +319,10 @@ class JobsAPI:
                 with anyio.move_on_after(poll):
                     async for notice in notices:
                         if notice.data.get("id") == job_id and notice.topic in (
-                            "job.logs", "job.finished",
-                        ):  # fmt: skip
+                            "job.logs",
+                            "job.finished",
+                        ):
                             break
 
 
-__all__ += ["EventsAPI", "JobsAPI", "WorkflowsAPI", "CroniumError", "JobStatus"]
+__all__ += ["CroniumError", "EventsAPI", "JobStatus", "JobsAPI", "WorkflowsAPI"]

@@ -183,8 +183,9 @@ class DataStore:
         async with self.begin() as conn:
             row = (
                 await conn.execute(
-                    sa.select(schema.events.c.definition, schema.events.c.next_fire_time)
-                    .where(schema.events.c.id == event.id)
+                    sa.select(schema.events.c.definition, schema.events.c.next_fire_time).where(
+                        schema.events.c.id == event.id
+                    )
                 )
             ).first()
             if row is None:
@@ -213,7 +214,9 @@ class DataStore:
             return None
         return next_fire_time(schedule, now, anchor=now)
 
-    async def get_event_record(self, event_id: str, conn: AsyncConnection | None = None) -> EventRecord:
+    async def get_event_record(
+        self, event_id: str, conn: AsyncConnection | None = None
+    ) -> EventRecord:
         query = sa.select(schema.events).where(schema.events.c.id == event_id)
         if conn is None:
             async with self.read() as c:
@@ -307,9 +310,7 @@ class DataStore:
         async with self.read() as conn:
             rows = (
                 await conn.execute(
-                    sa.select(schema.workflows.c.definition).order_by(
-                        schema.workflows.c.created_at
-                    )
+                    sa.select(schema.workflows.c.definition).order_by(schema.workflows.c.created_at)
                 )
             ).scalars()
             return [workflow_from_dict(d) for d in rows]

@@ -118,7 +118,7 @@ class RunEngine:
         queued: list[Job] = []
         now = self.clock.now()
         own = conn is None
-        async with self.store.begin() if own else _nullcontext(conn) as c:
+        async with self.store.begin() if conn is None else _nullcontext(conn) as c:
             await c.execute(
                 sa.insert(R).values(
                     id=run_id,
@@ -133,8 +133,10 @@ class RunEngine:
             )
             await c.execute(
                 sa.insert(N),
-                [{"run_id": run_id, "node_id": n.id, "status": NodeStatus.PENDING.value}
-                 for n in workflow.nodes],  # fmt: skip
+                [
+                    {"run_id": run_id, "node_id": n.id, "status": NodeStatus.PENDING.value}
+                    for n in workflow.nodes
+                ],
             )
             queued = await self._advance(c, run_id)
             run = await self._load_run(c, run_id)
@@ -162,9 +164,15 @@ class RunEngine:
         run_done: str | None = None
         async with self.store.begin() as conn:
             result = await self.queue.finish(
-                job_id, lease_id, status=status, exit_code=exit_code, error=error,
-                output=output, condition=condition, conn=conn,
-            )  # fmt: skip
+                job_id,
+                lease_id,
+                status=status,
+                exit_code=exit_code,
+                error=error,
+                output=output,
+                condition=condition,
+                conn=conn,
+            )
             if result is not None and not result.retrying:
                 queued, run_done = await self._after_job(conn, result.job)
         if result is not None:
@@ -262,8 +270,7 @@ class RunEngine:
             await conn.execute(
                 sa.update(E)
                 .where(E.c.id == job.event_id)
-                .values(status=EventStatus.PAUSED.value, definition=definition,
-                        next_fire_time=None)  # fmt: skip
+                .values(status=EventStatus.PAUSED.value, definition=definition, next_fire_time=None)
             )
 
     async def _conditional_actions(self, conn: AsyncConnection, job: Job) -> list[Job]:
@@ -271,7 +278,7 @@ class RunEngine:
             event = await self.store.get_event(job.event_id, conn)
         except EventNotFound:
             return []
-        queued = []
+        queued: list[Job] = []
         ok = job.status is JobStatus.SUCCEEDED
         for action in event.conditional_actions:
             if not edge_fires(_WHEN_TO_EDGE[action.when], ok, job.condition):
@@ -302,7 +309,7 @@ class RunEngine:
         }
         step = plan(workflow, states, run_row.input)
         now = self.clock.now()
-        queued = []
+        queued: list[Job] = []
         for node_id, node_input in step.start.items():
             node = workflow.node(node_id)
             try:
@@ -311,8 +318,12 @@ class RunEngine:
                 await conn.execute(
                     sa.update(N)
                     .where(N.c.run_id == run_id, N.c.node_id == node_id)
-                    .values(status=NodeStatus.FAILED.value, error="event was deleted",
-                            started_at=now, finished_at=now)  # fmt: skip
+                    .values(
+                        status=NodeStatus.FAILED.value,
+                        error="event was deleted",
+                        started_at=now,
+                        finished_at=now,
+                    )
                 )
                 return queued + await self._advance(conn, run_id)
             job = await self.queue.enqueue(
@@ -343,8 +354,9 @@ class RunEngine:
             await conn.execute(
                 sa.update(R)
                 .where(R.c.id == run_id)
-                .values(status="failed" if step.failed else "succeeded", finished_at=now,
-                        error=error)  # fmt: skip
+                .values(
+                    status="failed" if step.failed else "succeeded", finished_at=now, error=error
+                )
             )
         return queued
 
@@ -370,10 +382,15 @@ class RunEngine:
             finished_at=row.finished_at,
             nodes={
                 n.node_id: NodeRun(
-                    node_id=n.node_id, status=NodeStatus(n.status), job_id=n.job_id,
-                    output=n.output, condition=n.condition, error=n.error,
-                    started_at=n.started_at, finished_at=n.finished_at,
-                )  # fmt: skip
+                    node_id=n.node_id,
+                    status=NodeStatus(n.status),
+                    job_id=n.job_id,
+                    output=n.output,
+                    condition=n.condition,
+                    error=n.error,
+                    started_at=n.started_at,
+                    finished_at=n.finished_at,
+                )
                 for n in nodes
             },
         )
@@ -412,7 +429,7 @@ def check_action_chain(events: dict[str, Event], changed: Event) -> None:
 
     def visit(node: str) -> None:
         if node in path:
-            cycle = [*path[path.index(node):], node]
+            cycle = [*path[path.index(node) :], node]
             names = {e.id: e.name for e in events.values()} | {changed.id: changed.name}
             raise ValidationError(
                 "conditional_actions", "would loop: " + " -> ".join(names.get(n, n) for n in cycle)

@@ -23,7 +23,7 @@ import attrs
 from .events import Action
 from .jobs import Stream
 
-__all__ = ["ExecutionRequest", "Executor", "LogSink", "Outcome", "UNSET"]
+__all__ = ["UNSET", "ExecutionRequest", "Executor", "LogSink", "Outcome"]
 
 
 class _Unset:

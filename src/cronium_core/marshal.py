@@ -59,7 +59,12 @@ def action_to_dict(action: Action) -> dict[str, Any]:
             "expected_status": list(action.expected_status),
             "timeout": action.timeout,
         }
-    return {"kind": "tool", "tool": action.tool, "action": action.action, "config": dict(action.config)}
+    return {
+        "kind": "tool",
+        "tool": action.tool,
+        "action": action.action,
+        "config": dict(action.config),
+    }
 
 
 def action_from_dict(data: dict[str, Any]) -> Action:

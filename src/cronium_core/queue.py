@@ -16,6 +16,7 @@ own transaction (transactional enqueue, finish + workflow advance in one commit)
 
 from __future__ import annotations
 
+import builtins
 import zlib
 from collections.abc import AsyncIterator, Collection, Sequence
 from contextlib import asynccontextmanager
@@ -54,8 +55,8 @@ class FinishResult:
 
 @attrs.frozen
 class ReapResult:
-    requeued: list[Job]
-    failed: list[Job]
+    requeued: builtins.list[Job]
+    failed: builtins.list[Job]
 
 
 def _job(row: Any) -> Job:
@@ -179,20 +180,24 @@ class JobQueue:
         if self.store.is_postgres:
             from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-            return pg_insert(J).values(**values).on_conflict_do_nothing(
-                index_elements=["idempotency_key"]
+            return (
+                pg_insert(J)
+                .values(**values)
+                .on_conflict_do_nothing(index_elements=["idempotency_key"])
             )
         from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-        return sqlite_insert(J).values(**values).on_conflict_do_nothing(
-            index_elements=["idempotency_key"]
+        return (
+            sqlite_insert(J)
+            .values(**values)
+            .on_conflict_do_nothing(index_elements=["idempotency_key"])
         )
 
     # -- claim, heartbeat ---------------------------------------------------------------
 
     async def claim(
         self, worker_id: str, limit: int = 1, *, executors: Collection[str] | None = None
-    ) -> list[Job]:
+    ) -> builtins.list[Job]:
         """Claim up to ``limit`` due jobs, highest priority first, then oldest ``run_after``."""
         if limit < 1:
             return []
@@ -253,7 +258,7 @@ class JobQueue:
 
     async def _respect_concurrency(
         self, conn: AsyncConnection, candidates: Sequence[Any]
-    ) -> list[str]:
+    ) -> builtins.list[str]:
         keys = sorted({c.concurrency_key for c in candidates if c.concurrency_limit is not None})
         if not keys:
             return [c.id for c in candidates]
@@ -440,8 +445,8 @@ class JobQueue:
         """Return jobs whose lease expired (their worker is gone) to the queue, or fail them
         when their attempts are spent."""
         now = self.clock.now()
-        requeued: list[Job] = []
-        failed: list[Job] = []
+        requeued: builtins.list[Job] = []
+        failed: builtins.list[Job] = []
         async with self._tx(conn) as c:
             select = sa.select(J).where(
                 J.c.status == JobStatus.RUNNING.value, J.c.lease_expires < now
@@ -495,7 +500,7 @@ class JobQueue:
         workflow_run_id: str | None = None,
         limit: int = 100,
         offset: int = 0,
-    ) -> list[Job]:
+    ) -> builtins.list[Job]:
         query = sa.select(J).order_by(J.c.created_at.desc(), J.c.id).limit(limit).offset(offset)
         if event_id is not None:
             query = query.where(J.c.event_id == event_id)
@@ -513,9 +518,7 @@ class JobQueue:
         async with self.store.read() as conn:
             return int(await conn.scalar(query) or 0)
 
-    async def active_for_event(
-        self, event_id: str, conn: AsyncConnection
-    ) -> list[Job]:
+    async def active_for_event(self, event_id: str, conn: AsyncConnection) -> builtins.list[Job]:
         rows = await conn.execute(
             sa.select(J).where(
                 J.c.event_id == event_id,
@@ -528,7 +531,7 @@ class JobQueue:
 
     async def append_logs(
         self, job_id: str, attempt: int, lines: Sequence[tuple[Stream, datetime, str]]
-    ) -> list[LogLine]:
+    ) -> builtins.list[LogLine]:
         """Store lines in order; returns them with their sequence numbers. Past the log cap,
         lines are dropped and one system line says so."""
         if not lines:
@@ -536,9 +539,7 @@ class JobQueue:
         async with self.store.begin() as conn:
             row = (
                 await conn.execute(
-                    sa.select(J.c.log_seq, J.c.log_bytes, J.c.log_truncated).where(
-                        J.c.id == job_id
-                    )
+                    sa.select(J.c.log_seq, J.c.log_bytes, J.c.log_truncated).where(J.c.id == job_id)
                 )
             ).first()
             if row is None:
@@ -546,7 +547,7 @@ class JobQueue:
             if row.log_truncated:
                 return []
             seq, size = row.log_seq, row.log_bytes
-            stored: list[LogLine] = []
+            stored: builtins.list[LogLine] = []
             truncated = False
             for stream, time, text in lines:
                 size += len(text.encode("utf-8", "replace")) + 1
@@ -566,14 +567,21 @@ class JobQueue:
                     break
                 seq += 1
                 stored.append(
-                    LogLine(job_id=job_id, seq=seq, stream=stream, time=time, text=text,
-                            attempt=attempt)  # fmt: skip
+                    LogLine(
+                        job_id=job_id, seq=seq, stream=stream, time=time, text=text, attempt=attempt
+                    )
                 )
             await conn.execute(
                 sa.insert(schema.job_logs),
                 [
-                    {"job_id": job_id, "seq": ln.seq, "attempt": ln.attempt,
-                     "stream": ln.stream.value, "time": ln.time, "text": ln.text}  # fmt: skip
+                    {
+                        "job_id": job_id,
+                        "seq": ln.seq,
+                        "attempt": ln.attempt,
+                        "stream": ln.stream.value,
+                        "time": ln.time,
+                        "text": ln.text,
+                    }
                     for ln in stored
                 ],
             )
@@ -584,7 +592,9 @@ class JobQueue:
             )
         return stored
 
-    async def read_logs(self, job_id: str, *, after: int = 0, limit: int = 1000) -> list[LogLine]:
+    async def read_logs(
+        self, job_id: str, *, after: int = 0, limit: int = 1000
+    ) -> builtins.list[LogLine]:
         L = schema.job_logs
         async with self.store.read() as conn:
             rows = (
@@ -596,8 +606,14 @@ class JobQueue:
                 )
             ).all()
         return [
-            LogLine(job_id=r.job_id, seq=r.seq, stream=r.stream, time=r.time, text=r.text,
-                    attempt=r.attempt)  # fmt: skip
+            LogLine(
+                job_id=r.job_id,
+                seq=r.seq,
+                stream=r.stream,
+                time=r.time,
+                text=r.text,
+                attempt=r.attempt,
+            )
             for r in rows
         ]
 

@@ -141,7 +141,9 @@ class Scheduler:
             definition = dict(row.definition)
             definition["id"] = row.id
             target: Event | Any
-            target = event_from_dict(definition) if kind == "event" else workflow_from_dict(definition)
+            target = (
+                event_from_dict(definition) if kind == "event" else workflow_from_dict(definition)
+            )
             schedule = target.schedule
             if isinstance(schedule, Manual):
                 await conn.execute(
@@ -178,8 +180,9 @@ class Scheduler:
         inserted = await self._record_fire(conn, kind, target.id, decision, status, reason)
         if not inserted:
             self.conflicts += 1
-            log.debug("fire %s of %s already recorded by another scheduler",
-                      decision.fire_time, target.id)  # fmt: skip
+            log.debug(
+                "fire %s of %s already recorded by another scheduler", decision.fire_time, target.id
+            )
             return False
         if status != "enqueued":
             if status == "skipped":
@@ -188,9 +191,12 @@ class Scheduler:
         job_id: str | None
         if kind == "event":
             job = await self.engine.queue.enqueue(
-                target, trigger=Trigger.SCHEDULE, fire_time=decision.fire_time,
-                backfilled=decision.backfilled, conn=conn,
-            )  # fmt: skip
+                target,
+                trigger=Trigger.SCHEDULE,
+                fire_time=decision.fire_time,
+                backfilled=decision.backfilled,
+                conn=conn,
+            )
             job_id = job.id
         else:
             run = await self.engine.start_workflow_run(
@@ -234,9 +240,14 @@ class Scheduler:
             await self.engine.broker.publish(Notice("job.cancel", {"id": job_id}))
 
     async def _record_fire(
-        self, conn: AsyncConnection, kind: str, owner_id: str, decision: FireDecision,
-        status: str, reason: str | None,
-    ) -> bool:  # fmt: skip
+        self,
+        conn: AsyncConnection,
+        kind: str,
+        owner_id: str,
+        decision: FireDecision,
+        status: str,
+        reason: str | None,
+    ) -> bool:
         values = {
             "owner_id": owner_id,
             "fire_time": decision.fire_time,
@@ -266,4 +277,3 @@ class Scheduler:
             FireRecord(r.owner_id, r.fire_time, r.status, r.reason, r.job_id, bool(r.backfilled))
             for r in rows
         ]
-

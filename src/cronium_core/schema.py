@@ -197,8 +197,16 @@ schedule_fires = sa.Table(
     sa.Column("recorded_at", Timestamp, nullable=False),
 )
 
-V1_TABLES = [meta, events, workflows, workflow_runs, workflow_node_runs, jobs, job_logs,
-             schedule_fires]  # fmt: skip
+V1_TABLES = [
+    meta,
+    events,
+    workflows,
+    workflow_runs,
+    workflow_node_runs,
+    jobs,
+    job_logs,
+    schedule_fires,
+]
 
 
 async def _v1(conn: AsyncConnection) -> None:
@@ -246,9 +254,7 @@ async def upgrade(engine: AsyncEngine) -> list[int]:
                 stmt = sa.insert(meta).values(key="schema_version", value="1")
             else:
                 stmt = (
-                    sa.update(meta)
-                    .where(meta.c.key == "schema_version")
-                    .values(value=str(version))
+                    sa.update(meta).where(meta.c.key == "schema_version").values(value=str(version))
                 )
             await conn.execute(stmt)
             applied.append(version)

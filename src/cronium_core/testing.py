@@ -53,7 +53,7 @@ class ScriptedExecutor(Executor):
             await anyio.sleep(float(spec["sleep"]))
         if request.attempt <= int(spec.get("fail_attempts", 0)):
             return Outcome(exit_code=1, error=f"attempt {request.attempt} told to fail")
-        output = spec["output"] if "output" in spec else UNSET
+        output = spec.get("output", UNSET)
         if spec.get("output_input"):
             output = request.input
         return Outcome(

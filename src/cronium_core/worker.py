@@ -147,8 +147,9 @@ class Worker:
                 if result.requeued or result.failed:
                     log.warning(
                         "reaper: %d job(s) of lost workers requeued, %d failed",
-                        len(result.requeued), len(result.failed),
-                    )  # fmt: skip
+                        len(result.requeued),
+                        len(result.failed),
+                    )
             except Exception:
                 log.exception("reaper failed")
             await anyio.sleep(self.reap_interval)
@@ -208,8 +209,10 @@ class Worker:
                     outcome = await executor.execute(request, emit)
                 except Exception as exc:
                     log.exception("executor %s failed on job %s", job.executor, job.id)
-                    await emit(Stream.SYSTEM, "executor error: " + "".join(
-                        traceback.format_exception_only(exc)).strip())  # fmt: skip
+                    await emit(
+                        Stream.SYSTEM,
+                        "executor error: " + "".join(traceback.format_exception_only(exc)).strip(),
+                    )
                     return JobStatus.FAILED, None, f"executor error: {exc}", UNSET, None
         if timeout_scope.cancelled_caught:
             await emit(Stream.SYSTEM, f"timed out after {job.timeout:g} s; stopped")
@@ -284,9 +287,14 @@ class Worker:
             )
 
     async def _record(
-        self, running: _Running, status: JobStatus, exit_code: int | None, error: str | None,
-        output: Any, condition: bool | None,
-    ) -> None:  # fmt: skip
+        self,
+        running: _Running,
+        status: JobStatus,
+        exit_code: int | None,
+        error: str | None,
+        output: Any,
+        condition: bool | None,
+    ) -> None:
         job = running.job
         assert job.lease_id is not None
         if status is JobStatus.RUNNING:
@@ -295,12 +303,16 @@ class Worker:
                 log.info("job %s released to the queue (worker shutting down)", job.id)
             return
         result = await self.engine.finish_job(
-            job.id, job.lease_id, status=status, exit_code=exit_code, error=error, output=output,
+            job.id,
+            job.lease_id,
+            status=status,
+            exit_code=exit_code,
+            error=error,
+            output=output,
             condition=condition,
         )
         if result is None:
-            log.warning("job %s attempt %d: result fenced (lease taken over)", job.id,
-                        job.attempt)  # fmt: skip
+            log.warning("job %s attempt %d: result fenced (lease taken over)", job.id, job.attempt)
 
     async def start_executors(self, exit_stack: AsyncExitStack) -> None:
         for executor in self.executors.values():

@@ -75,8 +75,10 @@ def print_job(job: Job, name: str = "") -> None:
     dur = f"{job.duration:.2f}s" if job.duration is not None else "-"
     out = "" if job.output in (None, {}) else f"  output={json.dumps(job.output)}"
     err = f"  error={job.error}" if job.error and job.status is not JobStatus.SUCCEEDED else ""
-    print(f"[{_status_mark(job.status)}] {name or job.event_id}  {job.status}  {dur}{out}{err}",
-          flush=True)  # fmt: skip
+    print(
+        f"[{_status_mark(job.status)}] {name or job.event_id}  {job.status}  {dur}{out}{err}",
+        flush=True,
+    )
 
 
 def print_run(run: WorkflowRun, names: dict[str, str] | None = None) -> None:
@@ -96,8 +98,10 @@ async def _serve(args: argparse.Namespace) -> int:
 
     async with Cronium(_db(args), max_jobs=args.max_jobs) as cr:
         names = {r.event.id: r.event.name for r in await cr.events.list()}
-        print(f"cronium: serving {_db(args)} with executors {', '.join(cr.executors)}; "
-              "Ctrl-C stops", flush=True)  # fmt: skip
+        print(
+            f"cronium: serving {_db(args)} with executors {', '.join(cr.executors)}; Ctrl-C stops",
+            flush=True,
+        )
         async with anyio.create_task_group() as tg:
             tg.start_soon(_report_finished, cr, names)
             if args.demo:
@@ -143,14 +147,22 @@ async def _report_finished(cr: Cronium, names: dict[str, str]) -> None:
 async def _worker(args: argparse.Namespace) -> int:
     executors = args.executors.split(",") if args.executors else None
     async with Cronium(
-        _db(args), scheduler=False, max_jobs=args.max_jobs, lease_seconds=args.lease,
-        executors=executors, upgrade=False, worker_id=args.id,
-        reap_interval=args.reap_interval, poll_interval=args.poll_interval,
-    ) as cr:  # fmt: skip
+        _db(args),
+        scheduler=False,
+        max_jobs=args.max_jobs,
+        lease_seconds=args.lease,
+        executors=executors,
+        upgrade=False,
+        worker_id=args.id,
+        reap_interval=args.reap_interval,
+        poll_interval=args.poll_interval,
+    ) as cr:
         worker = cr.worker
         assert worker is not None
-        print(f"cronium worker {worker.id}: running (executors: {', '.join(cr.executors)})",
-              flush=True)  # fmt: skip
+        print(
+            f"cronium worker {worker.id}: running (executors: {', '.join(cr.executors)})",
+            flush=True,
+        )
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async with anyio.create_task_group() as tg:
 
@@ -159,8 +171,11 @@ async def _worker(args: argparse.Namespace) -> int:
                     async for _ in signals:
                         count += 1
                         if count == 1:
-                            print("cronium worker: finishing running jobs, claiming no more "
-                                  "(send again to stop them now)", flush=True)  # fmt: skip
+                            print(
+                                "cronium worker: finishing running jobs, claiming no more "
+                                "(send again to stop them now)",
+                                flush=True,
+                            )
                             worker.stop(graceful=True)
                         else:
                             print("cronium worker: stopping running jobs", flush=True)
@@ -174,7 +189,7 @@ async def _worker(args: argparse.Namespace) -> int:
 
 
 async def _scheduler(args: argparse.Namespace) -> int:
-    async with Cronium(_db(args), worker=False, upgrade=False) as cr:
+    async with Cronium(_db(args), worker=False, upgrade=False):
         print("cronium scheduler: running", flush=True)
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async for _ in signals:
@@ -229,7 +244,7 @@ async def _event_cmd(args: argparse.Namespace) -> int:
                 if code is None:
                     raise SystemExit("give the script with --code TEXT or --code @FILE")
                 if code.startswith("@"):
-                    code = Path(code[1:]).read_text()
+                    code = await anyio.Path(code[1:]).read_text()
                 action = Script(language=args.language, code=code)
             env = dict(item.split("=", 1) for item in args.env or [])
             event = await cr.events.add(
@@ -246,10 +261,14 @@ async def _event_cmd(args: argparse.Namespace) -> int:
             print(event.id)
         elif args.action == "list":
             for rec in await cr.events.list():
-                nxt = rec.next_fire_time.isoformat(timespec="seconds") if rec.next_fire_time else "-"
-                print(f"{rec.event.id}  {rec.event.name:<24} {rec.event.status:<8} next={nxt}  "
-                      f"runs={rec.runs_total} ok={rec.runs_succeeded} "
-                      f"failed={rec.runs_failed}")  # fmt: skip
+                nxt = (
+                    rec.next_fire_time.isoformat(timespec="seconds") if rec.next_fire_time else "-"
+                )
+                print(
+                    f"{rec.event.id}  {rec.event.name:<24} {rec.event.status:<8} next={nxt}  "
+                    f"runs={rec.runs_total} ok={rec.runs_succeeded} "
+                    f"failed={rec.runs_failed}"
+                )
         elif args.action == "show":
             print(json.dumps(event_to_dict(await cr.events.get(args.name)), indent=2))
         elif args.action == "remove":
@@ -309,8 +328,9 @@ async def _workflow_cmd(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cronium", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--db", help="database URL (default: $CRONIUM_DATABASE_URL or "
-                        f"{DEFAULT_DB})")  # fmt: skip
+    parser.add_argument(
+        "--db", help=f"database URL (default: $CRONIUM_DATABASE_URL or {DEFAULT_DB})"
+    )
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
 
