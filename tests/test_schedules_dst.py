@@ -34,8 +34,11 @@ ZONES = [
     "Pacific/Chatham",  # +12:45 / +13:45
 ]
 
+# at least 300 examples; a profile loaded by conftest (a nightly run) may ask for more
 PROPERTY_SETTINGS = settings(
-    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+    max_examples=max(300, settings().max_examples),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
 )
 
 
@@ -238,7 +241,7 @@ def cron_expressions(draw: st.DrawFn) -> str:
 def starts(draw: st.DrawFn, zone_name: str) -> datetime:
     """Instants in 2024-2030; half of them within two days before or a day after a DST change."""
     near = transitions(zone_name)
-    if near and draw(st.booleans()):
+    if draw(st.booleans()) and near:
         offset = draw(st.timedeltas(min_value=-timedelta(days=2), max_value=timedelta(days=1)))
         return draw(st.sampled_from(near)) + offset
     return draw(
@@ -320,11 +323,13 @@ S4_DAYS = {
 
 
 def _day_fires(expression: str, zone_name: str, day: str) -> list[str]:
+    """The fire times of one local calendar day, as local ISO strings with their offsets."""
     zone = ZoneInfo(zone_name)
-    start = datetime.fromisoformat(day).replace(tzinfo=zone)
-    end = start + timedelta(days=1)  # aware arithmetic: wall-clock midnight of the next day
+    midnight = datetime.fromisoformat(day).replace(tzinfo=zone)
+    start = midnight.astimezone(UTC)
+    end = (midnight + timedelta(days=1)).astimezone(UTC)  # the next wall-clock midnight
     schedule = Cron(expression=expression, timezone=zone_name)
-    return _show(_window(schedule, start - timedelta(seconds=1), end - MINUTE, 1000), zone)
+    return _show(_window(schedule, start - _SECOND, end - _SECOND, 1000), zone)
 
 
 def test_s4_fixed_time_job_on_spring_forward_day_runs_at_the_end_of_the_gap() -> None:
@@ -332,9 +337,7 @@ def test_s4_fixed_time_job_on_spring_forward_day_runs_at_the_end_of_the_gap() ->
     assert _day_fires("30 2 * * *", "America/New_York", "2026-03-08") == [
         "2026-03-08T03:00:00-04:00"
     ]
-    assert _day_fires("30 2 * * *", "Europe/Berlin", "2026-03-29") == [
-        "2026-03-29T03:00:00+02:00"
-    ]
+    assert _day_fires("30 2 * * *", "Europe/Berlin", "2026-03-29") == ["2026-03-29T03:00:00+02:00"]
 
 
 def test_s4_fixed_time_job_on_fall_back_day_runs_once() -> None:
@@ -343,9 +346,7 @@ def test_s4_fixed_time_job_on_fall_back_day_runs_once() -> None:
         "2026-11-01T02:30:00-05:00"
     ]
     # Berlin repeats 02:00-02:59; the job runs in the first fold only
-    assert _day_fires("30 2 * * *", "Europe/Berlin", "2026-10-25") == [
-        "2026-10-25T02:30:00+02:00"
-    ]
+    assert _day_fires("30 2 * * *", "Europe/Berlin", "2026-10-25") == ["2026-10-25T02:30:00+02:00"]
     assert _day_fires("30 1 * * *", "America/New_York", "2026-11-01") == [
         "2026-11-01T01:30:00-04:00"
     ]
@@ -437,3 +438,106 @@ def test_intervals_across_dst_are_exact_multiples_in_utc(zone_name: str, seconds
             (change - _SECOND).astimezone(zone).utcoffset(),
             change.astimezone(zone).utcoffset(),
         }
+
+
+# --- regressions: where cronsim's own DST mode is wrong (see the schedules.py docstring) -------
+
+
+def test_half_hour_dst_zone_wall_clock_job_keeps_whole_hours() -> None:
+    # Lord Howe falls back from 02:00+11:00 to 01:30+10:30; cronsim 2.8 then fired 22:30 first
+    assert _day_fires("*/15 22 * * *", "Australia/Lord_Howe", "2024-04-07") == [
+        "2024-04-07T22:00:00+10:30",
+        "2024-04-07T22:15:00+10:30",
+        "2024-04-07T22:30:00+10:30",
+        "2024-04-07T22:45:00+10:30",
+    ]
+    # both folds of 01:30-01:59, nothing else moved
+    assert _day_fires("*/20 1-2 * * *", "Australia/Lord_Howe", "2024-04-07") == [
+        "2024-04-07T01:00:00+11:00",
+        "2024-04-07T01:20:00+11:00",
+        "2024-04-07T01:40:00+11:00",
+        "2024-04-07T01:40:00+10:30",
+        "2024-04-07T02:00:00+10:30",
+        "2024-04-07T02:20:00+10:30",
+        "2024-04-07T02:40:00+10:30",
+    ]
+
+
+def test_half_hour_dst_zone_spring_forward() -> None:
+    # 02:00-02:29 does not exist on 2026-10-04
+    assert _day_fires("*/10 2 * * *", "Australia/Lord_Howe", "2026-10-04") == [
+        "2026-10-04T02:30:00+11:00",
+        "2026-10-04T02:40:00+11:00",
+        "2026-10-04T02:50:00+11:00",
+    ]
+    assert _day_fires("10 2 * * *", "Australia/Lord_Howe", "2026-10-04") == [
+        "2026-10-04T02:30:00+11:00"
+    ]
+    assert _day_fires("45 1 * * *", "Australia/Lord_Howe", "2026-04-05") == [
+        "2026-04-05T01:45:00+11:00"
+    ]
+
+
+def test_spring_forward_at_midnight_has_no_midnight_for_wall_clock_jobs() -> None:
+    # Santiago skips 00:00-00:59 on 2026-09-06; cronsim 2.8 returned "00:00-04:00", which does
+    # not exist, for wall-clock jobs
+    assert _day_fires("* 0 * * *", "America/Santiago", "2026-09-06") == []
+    assert _day_fires("*/30 0-1 * * *", "America/Santiago", "2026-09-06") == [
+        "2026-09-06T01:00:00-03:00",
+        "2026-09-06T01:30:00-03:00",
+    ]
+    # a fixed-time job moves to the end of the gap, once
+    assert _day_fires("0,30 0 * * *", "America/Santiago", "2026-09-06") == [
+        "2026-09-06T01:00:00-03:00"
+    ]
+
+
+def test_fall_back_at_midnight_repeats_the_last_hour_of_the_day() -> None:
+    # Santiago goes from 23:59:59-03:00 back to 23:00-04:00 on 2026-04-04
+    assert _day_fires("30 23 * * *", "America/Santiago", "2026-04-04") == [
+        "2026-04-04T23:30:00-03:00"
+    ]
+    assert _day_fires("30 * * * *", "America/Santiago", "2026-04-04")[-2:] == [
+        "2026-04-04T23:30:00-03:00",
+        "2026-04-04T23:30:00-04:00",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("expression", "minutes"),
+    [("5-5/20 * * * *", [5, 5, 5]), ("5-25/20 * * * *", [5, 25, 5]), ("*/25 * * * *", [0, 25, 50])],
+)
+def test_stepped_range_with_equal_ends_is_that_one_value(
+    expression: str, minutes: list[int]
+) -> None:
+    # cronsim 2.8 reads "5-5/20" as "5/20": 5, 25, 45
+    after = datetime(2026, 1, 1, tzinfo=UTC) - _SECOND
+    fires = islice(fire_times(Cron(expression=expression), after), 3)
+    assert [f.minute for f in fires] == minutes
+
+
+def test_stepped_single_day_of_week_range_means_that_day() -> None:
+    schedule = Cron(expression="0 12 * * MON-1/3")
+    fires = list(islice(fire_times(schedule, datetime(2026, 1, 1, tzinfo=UTC)), 3))
+    assert [f.date().isoformat() for f in fires] == ["2026-01-05", "2026-01-12", "2026-01-19"]
+
+
+def test_sparse_wall_clock_job_across_many_dst_changes() -> None:
+    # every minute of midnight on 29 February, in a DST zone: four years and eight changes apart
+    schedule = Cron(expression="* 0 29 2 *", timezone="America/New_York")
+    after = datetime(2024, 3, 1, tzinfo=UTC)
+    fires = list(islice(fire_times(schedule, after), 61))
+    assert _show([fires[0], fires[59], fires[60]], schedule.zone) == [
+        "2028-02-29T00:00:00-05:00",
+        "2028-02-29T00:59:00-05:00",
+        "2032-02-29T00:00:00-05:00",
+    ]
+
+
+def test_six_field_expressions_follow_the_wall_clock() -> None:
+    # seconds-first expressions are not Debian cron; they run in both folds and skip the gap
+    assert _day_fires("0 30 1 * * *", "America/New_York", "2026-11-01") == [
+        "2026-11-01T01:30:00-04:00",
+        "2026-11-01T01:30:00-05:00",
+    ]
+    assert _day_fires("0 30 2 * * *", "America/New_York", "2026-03-08") == []

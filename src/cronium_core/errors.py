@@ -5,7 +5,8 @@
     CroniumError
     ├── ValidationError (ValueError)       bad input at a boundary; says which field and why
     │   ├── InvalidSchedule                 a bad cron string, an unknown time zone, a bad interval
-    │   └── InvalidWorkflow                 a cycle, an unknown node, a dangling edge
+    │   ├── InvalidWorkflow                 a cycle, an unknown node, a dangling edge
+    │   └── PayloadTooLarge                 a request body over the size limit
     ├── NotFound (LookupError)
     │   ├── EventNotFound
     │   ├── JobNotFound
@@ -14,7 +15,10 @@
     ├── SchemaVersionError                  the database schema is not the one this code needs
     ├── LeaseLost                           a worker's lease on a job was taken over (fenced)
     ├── ExecutorNotFound (LookupError)      no plugin registered that executor name
-    └── JobWaitTimeout (TimeoutError)       ``jobs.wait`` gave up before the job ended
+    ├── JobWaitTimeout (TimeoutError)       ``jobs.wait`` gave up before the job ended
+    ├── InvalidToken                        a runtime token that is missing, bad, expired or revoked
+    ├── ExecutionForbidden (PermissionError) a valid runtime token used on another execution
+    └── RateLimited                         one execution sent too many runtime API requests
 
 Messages are built in ``__init__`` so that every raise site says the same thing.
 """
@@ -115,3 +119,39 @@ class JobWaitTimeout(CroniumError, TimeoutError):
     def __init__(self, job_id: str, timeout: float) -> None:
         self.job_id = job_id
         super().__init__(f"job {job_id} did not finish within {timeout:g} s")
+
+
+class PayloadTooLarge(ValidationError):
+    """A request body larger than the boundary accepts."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        super().__init__("body", f"is larger than {limit} bytes")
+
+
+class InvalidToken(CroniumError):
+    """A runtime token that cannot be trusted: missing, malformed, badly signed, expired, or
+    revoked (its job ended or was re-claimed). ``reason`` is for the server's log only; what
+    goes back to the caller stays generic, and neither ever holds the token itself."""
+
+    def __init__(self, reason: str = "invalid token") -> None:
+        self.reason = reason
+        super().__init__(f"execution token refused: {reason}")
+
+
+class ExecutionForbidden(CroniumError, PermissionError):
+    """A valid runtime token used on an execution other than its own."""
+
+    def __init__(self) -> None:
+        super().__init__("the token does not belong to this execution")
+
+
+class RateLimited(CroniumError):
+    """Too many requests from one execution; ``retry_after`` seconds until the next is let in."""
+
+    def __init__(self, retry_after: float) -> None:
+        self.retry_after = retry_after
+        super().__init__(f"too many requests; retry after {retry_after:.2g} s")
+
+
+__all__ += ["ExecutionForbidden", "InvalidToken", "PayloadTooLarge", "RateLimited"]

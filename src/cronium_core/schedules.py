@@ -69,8 +69,8 @@ MAX_FIRES_PER_STEP = 1000
 
 _SECOND = timedelta(seconds=1)
 _MINUTE = timedelta(minutes=1)
-#: How far apart the UTC offset of a zone is sampled when looking for its next change. No zone
-#: changes its offset twice within this span (the closest pairs in tzdata are months apart).
+#: How far apart the UTC offset of a zone is sampled when looking for its next change. Since
+#: 2000 no zone has changed its offset twice within less than a week (tzdata 2024-2025).
 _OFFSET_PROBE = timedelta(hours=6)
 
 
@@ -111,11 +111,13 @@ def _is_number(value: object) -> bool:
 
 
 def _to_policy(value: object) -> MisfirePolicy:
-    try:
-        return MisfirePolicy(value)
-    except ValueError:
-        known = ", ".join(p.value for p in MisfirePolicy)
-        raise InvalidSchedule("misfire_policy", f"{value!r} is not one of {known}") from None
+    if isinstance(value, str):
+        try:
+            return MisfirePolicy(value)
+        except ValueError:
+            pass
+    known = ", ".join(p.value for p in MisfirePolicy)
+    raise InvalidSchedule("misfire_policy", f"{value!r} is not one of {known}")
 
 
 @attrs.frozen(kw_only=True)
@@ -129,7 +131,9 @@ class _Misfire:
     @misfire_grace.validator
     def _check_grace(self, _: attrs.Attribute[float], value: float) -> None:
         if not _is_number(value) or not math.isfinite(value) or value < 0:
-            raise InvalidSchedule("misfire_grace", f"must be a number of seconds >= 0, got {value!r}")
+            raise InvalidSchedule(
+                "misfire_grace", f"must be a number of seconds >= 0, got {value!r}"
+            )
 
     @catch_up_limit.validator
     def _check_limit(self, _: attrs.Attribute[int], value: int) -> None:
@@ -146,7 +150,8 @@ class Manual:
 
 @attrs.frozen(kw_only=True)
 class Interval(_Misfire):
-    """Every ``seconds`` seconds, counted in UTC from ``start`` (the event's creation when unset)."""
+    """Every ``seconds`` seconds, counted in UTC from ``start`` (when unset, the anchor the
+    caller passes: the event's creation)."""
 
     kind = "interval"
     seconds: float
@@ -157,13 +162,17 @@ class Interval(_Misfire):
         if not _is_number(seconds):
             raise InvalidSchedule("seconds", f"must be a number of seconds, got {seconds!r}")
         if not self.seconds >= 1:  # also refuses NaN
-            raise InvalidSchedule("seconds", f"an interval must be at least 1 s, got {self.seconds}")
+            raise InvalidSchedule(
+                "seconds", f"an interval must be at least 1 s, got {self.seconds}"
+            )
         try:
             step = timedelta(seconds=self.seconds)
         except (OverflowError, TypeError, ValueError):
             raise InvalidSchedule("seconds", f"{self.seconds!r} s is not a usable length") from None
         if step < _SECOND:  # a float just under the microsecond resolution
-            raise InvalidSchedule("seconds", f"an interval must be at least 1 s, got {self.seconds}")
+            raise InvalidSchedule(
+                "seconds", f"an interval must be at least 1 s, got {self.seconds}"
+            )
         if self.start is not None:
             object.__setattr__(self, "start", _aware(self.start, "start"))
 
@@ -226,8 +235,8 @@ Schedule = Manual | Interval | Cron | Once
 
 # --- cron arithmetic -------------------------------------------------------------------------
 
-_MONTH_NAMES = "JAN FEB MAR APR MAY JUN JUL AUG SEP OCT NOV DEC".split()
-_DAY_NAMES = "SUN MON TUE WED THU FRI SAT".split()
+_MONTH_NAMES = ["JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC"]
+_DAY_NAMES = ["SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT"]
 
 
 @attrs.frozen
@@ -267,7 +276,9 @@ def _plan(expression: str) -> _CronPlan:
     names.append((_DAY_NAMES, 0))
     if seconds:
         names.insert(0, ([], 0))
-    fixed = [_single_value_steps_fixed(f, n, first) for f, (n, first) in zip(fields, names, strict=True)]
+    fixed = [
+        _single_value_steps_fixed(f, n, first) for f, (n, first) in zip(fields, names, strict=True)
+    ]
     minute, hour = fields[1:3] if seconds else fields[0:2]
     return _CronPlan(
         cronsim_expression=" ".join(fixed),
@@ -283,7 +294,7 @@ def _offset(zone: ZoneInfo, moment: datetime) -> timedelta:
 
 def _exists(wall: datetime, zone: ZoneInfo) -> datetime | None:
     """The UTC instant of a naive wall time (its first fold), or None inside a DST gap."""
-    local = wall.replace(tzinfo=zone)
+    local = wall.replace(tzinfo=zone, fold=0)
     moment = local.astimezone(UTC)
     if moment.astimezone(zone).replace(tzinfo=None) != wall:
         return None

@@ -48,7 +48,7 @@ async def work(url: str, worker_id: str, limit: int, go: Path, now: datetime) ->
         await store.start(stack)
         queue = JobQueue(store=store, lease_seconds=30)
         print("ready", flush=True)
-        while not go.exists():
+        while not await anyio.Path(go).exists():
             await anyio.sleep(0.005)
         while True:
             jobs = await queue.claim(worker_id, limit)

@@ -1,0 +1,889 @@
+"""Queue throughput: Cronium's job queue against procrastinate and PgQueuer.
+
+Each run puts N no-op jobs in an empty queue (the *enqueue* phase, one client, in chunks), then
+starts workers that claim and complete them until the queue is empty (the *drain* phase). The two
+phases are timed apart; *total* is their sum. Every run has a database of its own: a fresh
+SQLite file, or a fresh database on the one PostgreSQL server started for the whole benchmark.
+
+What each system does (see ``docs/benchmarks.md`` for the discussion):
+
+- **Cronium** (``JobQueue``): enqueue = one ``JobQueue.enqueue(event, conn=…)`` per job inside one
+  transaction per chunk (Cronium has no multi-row enqueue). A worker loops
+  ``claim(worker_id, limit=B)`` then ``finish(job_id, lease_id, status=SUCCEEDED)`` per job, and
+  stops at the first empty claim. B = 10 and B = 1 are both measured.
+- **procrastinate** (PsycopgConnector, schema from its ``SchemaManager``): enqueue =
+  ``Task.batch_defer_async`` with one chunk per call (one statement per chunk). Workers =
+  ``App.run_worker_async(concurrency=C, wait=False)``, i.e. one procrastinate worker per process
+  that runs C jobs at once; it fetches one job per query (procrastinate has no batch fetch) and
+  stops when the queue is empty. Pool size C + 2 (fetcher, listener).
+- **PgQueuer** (asyncpg, schema from ``Queries.install()``): enqueue = ``Queries.enqueue`` with
+  lists (one statement per chunk). Workers = C ``QueueManager`` instances per process, each on its
+  own asyncpg connection, ``run(batch_size=10, mode=drain)`` — the shape of PgQueuer's own
+  benchmark tool. PgQueuer buffers completions and writes them in batches.
+
+"Workers" in a layout ``P×C`` means P processes with C concurrent consumers each.
+
+Run from the project root::
+
+    /work/venv/bin/python -m bench.queue_throughput            # full run, a few minutes
+    /work/venv/bin/python -m bench.queue_throughput --quick    # smoke check, well under 30 s
+    /work/venv/bin/python -m bench.queue_throughput --profile  # where Cronium's time goes
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import multiprocessing
+import os
+import pstats
+import statistics
+import sys
+import tempfile
+import time
+import traceback
+from collections import defaultdict
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import attrs
+
+from bench._common import (
+    describe_machine,
+    format_table,
+    machine_info,
+    package_versions,
+    percentiles,
+    postgres_server,
+    write_results,
+)
+from tests.pg import PostgresServer
+
+ENQUEUE_CHUNK = 500  #: jobs per enqueue transaction / batch call, for every system
+SINGLE_ENQUEUE_JOBS = 1000  #: jobs enqueued one per transaction, for the single-enqueue rate
+CHILD_START_TIMEOUT = 120  #: seconds for worker processes to import, connect and report ready
+
+CRONIUM_SQLITE = "cronium-sqlite"
+CRONIUM_PG = "cronium-pg"
+PROCRASTINATE = "procrastinate"
+PGQUEUER = "pgqueuer"
+BASELINES = (PROCRASTINATE, PGQUEUER)
+
+LABELS = {
+    CRONIUM_SQLITE: "Cronium · SQLite",
+    CRONIUM_PG: "Cronium · PostgreSQL",
+    PROCRASTINATE: "procrastinate",
+    PGQUEUER: "PgQueuer",
+}
+
+WorkerRun = Callable[[], Awaitable[int]]
+
+
+@attrs.frozen(kw_only=True)
+class Layout:
+    processes: int
+    tasks: int  #: concurrent consumers per process
+
+    @property
+    def workers(self) -> int:
+        return self.processes * self.tasks
+
+    @property
+    def label(self) -> str:
+        return f"{self.processes}×{self.tasks}"
+
+
+@attrs.frozen(kw_only=True)
+class Setup:
+    """One system as configured for a run; ``batch`` is how many jobs a consumer takes at once."""
+
+    system: str
+    batch: int
+
+    @property
+    def label(self) -> str:
+        if self.system == PROCRASTINATE:
+            return f"{LABELS[self.system]} (fetch 1)"
+        word = "claim" if self.system in (CRONIUM_SQLITE, CRONIUM_PG) else "batch"
+        return f"{LABELS[self.system]} ({word} {self.batch})"
+
+
+@attrs.frozen(kw_only=True)
+class WorkerSpec:
+    """What a worker process needs to know; crosses the process boundary (picklable)."""
+
+    system: str
+    url: str
+    tasks: int
+    batch: int
+
+
+@attrs.frozen(kw_only=True)
+class RunResult:
+    setup: Setup
+    layout: Layout
+    jobs: int
+    enqueue_s: float
+    drain_s: float
+    completed: int
+
+    @property
+    def total_s(self) -> float:
+        return self.enqueue_s + self.drain_s
+
+    @property
+    def enqueue_rate(self) -> float:
+        return self.jobs / self.enqueue_s
+
+    @property
+    def drain_rate(self) -> float:
+        return self.jobs / self.drain_s
+
+    @property
+    def total_rate(self) -> float:
+        return self.jobs / self.total_s
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "system": self.setup.system,
+            "setup": self.setup.label,
+            "batch": self.setup.batch,
+            "processes": self.layout.processes,
+            "tasks_per_process": self.layout.tasks,
+            "workers": self.layout.workers,
+            "jobs": self.jobs,
+            "completed": self.completed,
+            "enqueue_s": self.enqueue_s,
+            "drain_s": self.drain_s,
+            "total_s": self.total_s,
+            "enqueue_per_s": self.enqueue_rate,
+            "drain_per_s": self.drain_rate,
+            "total_per_s": self.total_rate,
+        }
+
+
+# -- Cronium ------------------------------------------------------------------------------------
+
+
+class CroniumTarget:
+    """Cronium's ``JobQueue`` on a SQLite file or a PostgreSQL database."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._stack = AsyncExitStack()
+
+    async def __aenter__(self) -> CroniumTarget:
+        from cronium_core import Event, Script
+        from cronium_core.datastore import DataStore
+        from cronium_core.queue import JobQueue
+
+        self.store = DataStore(url=self.url)
+        await self.store.start(self._stack, upgrade=True)
+        self.queue = JobQueue(store=self.store)
+        self.event = await self.store.add_event(
+            Event(name="noop", action=Script(language="bash", code="true"))
+        )
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self._stack.aclose()
+
+    async def enqueue(self, n: int, chunk: int) -> None:
+        for start in range(0, n, chunk):
+            async with self.store.begin() as conn:
+                for _ in range(min(chunk, n - start)):
+                    await self.queue.enqueue(self.event, conn=conn)
+
+    async def enqueue_single(self, n: int) -> None:
+        for _ in range(n):
+            await self.queue.enqueue(self.event)
+
+    async def outcome(self) -> tuple[int, int]:
+        """(completed, left in the queue or running)."""
+        from cronium_core import JobStatus
+
+        done = await self.queue.count(JobStatus.SUCCEEDED)
+        left = await self.queue.count(JobStatus.QUEUED) + await self.queue.count(
+            JobStatus.RUNNING
+        )
+        return done, left
+
+
+@asynccontextmanager
+async def cronium_workers(spec: WorkerSpec) -> AsyncIterator[WorkerRun]:
+    from cronium_core import JobStatus
+    from cronium_core.datastore import DataStore
+    from cronium_core.queue import JobQueue
+
+    async with AsyncExitStack() as stack:
+        store = DataStore(url=spec.url)
+        await store.start(stack)
+        queue = JobQueue(store=store)
+        # open the pool's connections now, so that the drain does not pay for connecting
+        async with anyio.create_task_group() as tg:
+            for _ in range(spec.tasks):
+                tg.start_soon(_touch, store)
+
+        async def worker(worker_id: str, counts: list[int]) -> None:
+            while True:
+                jobs = await queue.claim(worker_id, limit=spec.batch)
+                if not jobs:
+                    return
+                for job in jobs:
+                    assert job.lease_id is not None
+                    await queue.finish(job.id, job.lease_id, status=JobStatus.SUCCEEDED,
+                                       exit_code=0)  # fmt: skip
+                    counts[0] += 1
+
+        async def run() -> int:
+            counts = [0]
+            async with anyio.create_task_group() as tg:
+                for i in range(spec.tasks):
+                    tg.start_soon(worker, f"bench-{os.getpid()}-{i}", counts, name=f"worker-{i}")
+            return counts[0]
+
+        yield run
+
+
+async def _touch(store: Any) -> None:
+    import sqlalchemy as sa
+
+    async with store.read() as conn:
+        await conn.execute(sa.text("SELECT 1"))
+        await anyio.sleep(0.05)  # hold it, so that the next task opens another connection
+
+
+# -- procrastinate ------------------------------------------------------------------------------
+
+
+def _procrastinate_app(conninfo: str, pool_size: int, counts: list[int]) -> Any:
+    import procrastinate
+
+    app = procrastinate.App(
+        connector=procrastinate.PsycopgConnector(
+            conninfo=conninfo, min_size=pool_size, max_size=pool_size
+        )
+    )
+
+    @app.task(name="noop")
+    async def noop() -> None:
+        counts[0] += 1
+
+    return app
+
+
+class ProcrastinateTarget:
+    def __init__(self, conninfo: str) -> None:
+        self.conninfo = conninfo
+        self.counts = [0]
+
+    async def __aenter__(self) -> ProcrastinateTarget:
+        self.app = _procrastinate_app(self.conninfo, 2, self.counts)
+        await self.app.open_async()
+        await self.app.schema_manager.apply_schema_async()
+        self.task = self.app.tasks["noop"]
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.app.close_async()
+
+    async def enqueue(self, n: int, chunk: int) -> None:
+        for start in range(0, n, chunk):
+            await self.task.batch_defer_async(*({} for _ in range(min(chunk, n - start))))
+
+    async def enqueue_single(self, n: int) -> None:
+        for _ in range(n):
+            await self.task.defer_async()
+
+    async def outcome(self) -> tuple[int, int]:
+        rows = await _pg_fetch(
+            self.conninfo, "SELECT status::text, count(*) FROM procrastinate_jobs GROUP BY 1"
+        )
+        by_status = dict(rows)
+        left = by_status.get("todo", 0) + by_status.get("doing", 0)
+        return by_status.get("succeeded", 0), left
+
+
+@asynccontextmanager
+async def procrastinate_workers(spec: WorkerSpec) -> AsyncIterator[WorkerRun]:
+    counts = [0]
+    # C job slots + the fetch loop + the LISTEN connection
+    app = _procrastinate_app(spec.url, spec.tasks + 2, counts)
+    await app.open_async()
+    try:
+
+        async def run() -> int:
+            await app.run_worker_async(
+                concurrency=spec.tasks,
+                wait=False,
+                install_signal_handlers=False,
+                name=f"bench-{os.getpid()}",
+            )
+            return counts[0]
+
+        yield run
+    finally:
+        await app.close_async()
+
+
+# -- PgQueuer -----------------------------------------------------------------------------------
+
+
+class PgQueuerTarget:
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+
+    async def __aenter__(self) -> PgQueuerTarget:
+        import asyncpg
+        from pgqueuer import AsyncpgDriver, Queries
+
+        self.conn = await asyncpg.connect(self.dsn)
+        self.queries = Queries(AsyncpgDriver(self.conn))
+        await self.queries.install()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.conn.close()
+
+    async def enqueue(self, n: int, chunk: int) -> None:
+        for start in range(0, n, chunk):
+            k = min(chunk, n - start)
+            await self.queries.enqueue(["noop"] * k, [None] * k, [0] * k)
+
+    async def enqueue_single(self, n: int) -> None:
+        for _ in range(n):
+            await self.queries.enqueue("noop", None)
+
+    async def outcome(self) -> tuple[int, int]:
+        left = await self.conn.fetchval("SELECT count(*) FROM pgqueuer")
+        # completions are moved to pgqueuer_log (and may be folded into statistics later)
+        done = await self.conn.fetchval(
+            "SELECT count(DISTINCT job_id) FROM pgqueuer_log WHERE status = 'successful'"
+        )
+        return int(done), int(left)
+
+
+@asynccontextmanager
+async def pgqueuer_workers(spec: WorkerSpec) -> AsyncIterator[WorkerRun]:
+    import asyncpg
+    from pgqueuer import AsyncpgDriver, Job, Queries, QueueManager
+    from pgqueuer.domain.types import QueueExecutionMode
+
+    counts = [0]
+    connections = [await asyncpg.connect(spec.url) for _ in range(spec.tasks)]
+    try:
+        managers = []
+        for conn in connections:
+            qm = QueueManager(Queries(AsyncpgDriver(conn)))
+
+            async def noop(job: Job) -> None:
+                counts[0] += 1
+
+            qm.entrypoint("noop")(noop)
+            managers.append(qm)
+
+        async def run() -> int:
+            async with anyio.create_task_group() as tg:
+                for qm in managers:
+                    tg.start_soon(_pgqueuer_drain, qm, spec.batch, QueueExecutionMode.drain)
+            return counts[0]
+
+        yield run
+    finally:
+        for conn in connections:
+            await conn.close()
+
+
+async def _pgqueuer_drain(qm: Any, batch: int, mode: Any) -> None:
+    await qm.run(batch_size=batch, mode=mode)
+
+
+async def _pg_fetch(dsn: str, sql: str) -> list[tuple[Any, ...]]:
+    import asyncpg
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        return [tuple(r) for r in await conn.fetch(sql)]
+    finally:
+        await conn.close()
+
+
+WORKERS: dict[str, Callable[[WorkerSpec], Any]] = {
+    CRONIUM_SQLITE: cronium_workers,
+    CRONIUM_PG: cronium_workers,
+    PROCRASTINATE: procrastinate_workers,
+    PGQUEUER: pgqueuer_workers,
+}
+
+
+# -- running workers in this process or in several ----------------------------------------------
+
+
+async def drain_in_process(spec: WorkerSpec) -> tuple[float, int]:
+    """Run ``spec.tasks`` consumers here until the queue is empty; (seconds, jobs processed)."""
+    async with WORKERS[spec.system](spec) as run:
+        start = time.monotonic()
+        processed = await run()
+        return time.monotonic() - start, processed
+
+
+def _child_main(spec: WorkerSpec, messages: Any, go: Any) -> None:
+    """Entry point of a worker process: get ready, report, wait for the start signal, drain,
+    report the time the last job of this process was done."""
+    try:
+        anyio.run(_child_async, spec, messages, go)
+    except BaseException:
+        messages.put(("error", os.getpid(), traceback.format_exc()))
+        raise
+
+
+async def _child_async(spec: WorkerSpec, messages: Any, go: Any) -> None:
+    async with WORKERS[spec.system](spec) as run:
+        messages.put(("ready", os.getpid(), None))
+        await anyio.to_thread.run_sync(go.wait)
+        processed = await run()
+        messages.put(("done", os.getpid(), (time.monotonic(), processed)))
+
+
+async def drain_in_processes(spec: WorkerSpec, processes: int) -> tuple[float, int]:
+    """Run ``processes`` worker processes with ``spec.tasks`` consumers each; the drain starts
+    when all of them are connected and ends when the last one has finished its last job."""
+    ctx = multiprocessing.get_context("spawn")
+    messages = ctx.Queue()
+    go = ctx.Event()
+    procs = [
+        ctx.Process(target=_child_main, args=(spec, messages, go), name=f"bench-worker-{i}")
+        for i in range(processes)
+    ]
+    for p in procs:
+        p.start()
+    try:
+
+        def collect(kind: str, deadline: float) -> list[Any]:
+            got = []
+            while len(got) < processes:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(f"worker processes did not report {kind!r} in time")
+                msg_kind, pid, payload = messages.get(timeout=remaining)
+                if msg_kind == "error":
+                    raise RuntimeError(f"worker process {pid} failed:\n{payload}")
+                got.append(payload)
+            return got
+
+        await anyio.to_thread.run_sync(collect, "ready", time.monotonic() + CHILD_START_TIMEOUT)
+        start = time.monotonic()
+        go.set()
+        done = await anyio.to_thread.run_sync(collect, "done", time.monotonic() + 600)
+        return max(end for end, _ in done) - start, sum(n for _, n in done)
+    finally:
+        for p in procs:
+            await anyio.to_thread.run_sync(p.join, 30)
+            if p.is_alive():
+                p.kill()
+
+
+# -- one run ------------------------------------------------------------------------------------
+
+
+@attrs.define(kw_only=True)
+class Bench:
+    server: PostgresServer
+    workdir: Path
+    _names: int = 0
+
+    def _fresh_name(self, system: str) -> str:
+        self._names += 1
+        return f"bench_{system.replace('-', '_')}_{self._names}"
+
+    @asynccontextmanager
+    async def target(self, system: str) -> AsyncIterator[tuple[Any, str]]:
+        """A fresh, empty queue of ``system``: (the enqueueing client, the workers' URL)."""
+        if system == CRONIUM_SQLITE:
+            path = self.workdir / f"{self._fresh_name(system)}.db"
+            url = f"sqlite+aiosqlite:///{path}"
+            async with CroniumTarget(url) as t:
+                yield t, url
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{path}{suffix}").unlink(missing_ok=True)
+            return
+        name = self._fresh_name(system)
+        self.server.create_database(name)
+        try:
+            if system == CRONIUM_PG:
+                url = self.server.url_for(name)
+                async with CroniumTarget(url) as t:
+                    yield t, url
+            elif system == PROCRASTINATE:
+                url = self.server.url_for(name, driver=None)
+                async with ProcrastinateTarget(url) as t:
+                    yield t, url
+            else:
+                url = self.server.url_for(name, driver=None)
+                async with PgQueuerTarget(url) as t:
+                    yield t, url
+        finally:
+            self.server.drop_database(name)
+
+    async def run(self, setup: Setup, layout: Layout, jobs: int) -> RunResult:
+        async with self.target(setup.system) as (target, url):
+            start = time.monotonic()
+            await target.enqueue(jobs, ENQUEUE_CHUNK)
+            enqueue_s = time.monotonic() - start
+            spec = WorkerSpec(system=setup.system, url=url, tasks=layout.tasks, batch=setup.batch)
+            if layout.processes == 1:
+                drain_s, processed = await drain_in_process(spec)
+            else:
+                drain_s, processed = await drain_in_processes(spec, layout.processes)
+            completed, left = await target.outcome()
+        if completed != jobs or left or processed != jobs:
+            raise RuntimeError(
+                f"{setup.label} {layout.label}: {completed} of {jobs} jobs recorded as done, "
+                f"{processed} processed, {left} left"
+            )
+        return RunResult(setup=setup, layout=layout, jobs=jobs, enqueue_s=enqueue_s,
+                         drain_s=drain_s, completed=completed)  # fmt: skip
+
+    async def single_enqueue_rate(self, system: str, jobs: int) -> float:
+        async with self.target(system) as (target, _url):
+            start = time.monotonic()
+            await target.enqueue_single(jobs)
+            return jobs / (time.monotonic() - start)
+
+
+# -- the matrix, the report ---------------------------------------------------------------------
+
+
+def plan(quick: bool) -> tuple[list[Layout], list[Setup], set[tuple[Setup, Layout]]]:
+    """Layouts, setups, and the (setup, layout) pairs to skip to keep the run short."""
+    setups = [
+        Setup(system=CRONIUM_SQLITE, batch=10),
+        Setup(system=CRONIUM_SQLITE, batch=1),
+        Setup(system=CRONIUM_PG, batch=10),
+        Setup(system=CRONIUM_PG, batch=1),
+        Setup(system=PROCRASTINATE, batch=1),
+        Setup(system=PGQUEUER, batch=10),
+    ]
+    if quick:
+        layouts = [Layout(processes=1, tasks=4), Layout(processes=2, tasks=2)]
+        skip = {(s, lay) for s in setups for lay in layouts if s.batch == 1 and s.system
+                != PROCRASTINATE}  # fmt: skip
+        return layouts, setups, skip
+    layouts = [
+        Layout(processes=1, tasks=4),
+        Layout(processes=1, tasks=8),
+        Layout(processes=2, tasks=4),
+        Layout(processes=4, tasks=2),
+    ]
+    # claim 1 only where it says something new: in one process with 4 and 8 consumers
+    skip = {
+        (s, lay)
+        for s in setups
+        for lay in layouts
+        if s.batch == 1 and s.system != PROCRASTINATE and lay.processes > 1
+    }
+    return layouts, setups, skip
+
+
+def ratios(results: list[RunResult]) -> dict[int, tuple[float, float]]:
+    """Per result (by index): (total-time ratio, drain ratio) against the fastest baseline with
+    the same layout; above 1 means faster than the best of procrastinate and PgQueuer."""
+    best_total: dict[Layout, float] = {}
+    best_drain: dict[Layout, float] = {}
+    for r in results:
+        if r.setup.system in BASELINES:
+            best_total[r.layout] = min(best_total.get(r.layout, float("inf")), r.total_s)
+            best_drain[r.layout] = min(best_drain.get(r.layout, float("inf")), r.drain_s)
+    return {
+        i: (best_total[r.layout] / r.total_s, best_drain[r.layout] / r.drain_s)
+        for i, r in enumerate(results)
+        if r.layout in best_total
+    }
+
+
+def results_table(results: list[RunResult]) -> str:
+    rel = ratios(results)
+    rows = []
+    for i, r in sorted(enumerate(results), key=lambda ir: (ir[1].layout.processes,
+                                                          ir[1].layout.tasks)):  # fmt: skip
+        total_ratio, drain_ratio = rel.get(i, (float("nan"), float("nan")))
+        rows.append([
+            r.setup.label, r.layout.label, r.enqueue_rate, r.drain_rate, r.total_s,
+            r.total_rate, f"{total_ratio:.2f}×", f"{drain_ratio:.2f}×",
+        ])  # fmt: skip
+    return format_table(
+        ["system", "workers (P×C)", "enqueue/s", "drain/s", "total s", "total jobs/s",
+         "vs best baseline (total)", "vs best baseline (drain)"],  # fmt: skip
+        rows,
+        align="llrrrrrr",
+    )
+
+
+def single_table(rates: dict[str, float]) -> str:
+    return format_table(
+        ["system", "single-job enqueue/s"], [[LABELS[s], rate] for s, rate in rates.items()]
+    )
+
+
+async def benchmark(jobs: int, quick: bool) -> None:
+    versions = package_versions(
+        ["cronium", "sqlalchemy", "asyncpg", "aiosqlite", "procrastinate", "psycopg",
+         "psycopg-pool", "pgqueuer", "anyio"]  # fmt: skip
+    )
+    layouts, setups, skip = plan(quick)
+    single_jobs = min(SINGLE_ENQUEUE_JOBS, jobs)
+    started = time.monotonic()
+    with postgres_server() as server, tempfile.TemporaryDirectory(prefix="cronium-bench-") as tmp:
+        info = machine_info(server)
+        print(f"machine: {describe_machine(info)}")
+        print(f"jobs per run: {jobs}, enqueue chunk: {ENQUEUE_CHUNK}")
+        bench = Bench(server=server, workdir=Path(tmp))
+        results: list[RunResult] = []
+        for layout in layouts:
+            for setup in setups:
+                if (setup, layout) in skip:
+                    continue
+                r = await bench.run(setup, layout, jobs)
+                print(f"  {setup.label:<34} {layout.label:>4}  enqueue {r.enqueue_rate:8.0f}/s"
+                      f"  drain {r.drain_rate:8.0f}/s  total {r.total_s:6.2f} s", flush=True)  # fmt: skip
+                results.append(r)
+        single: dict[str, float] = {}
+        for system in (CRONIUM_SQLITE, CRONIUM_PG, PROCRASTINATE, PGQUEUER):
+            single[system] = await bench.single_enqueue_rate(system, single_jobs)
+    elapsed = time.monotonic() - started
+    print()
+    print(results_table(results))
+    print()
+    print(f"Single-job enqueue ({single_jobs} jobs, one per transaction, one client):")
+    print(single_table(single))
+    rel = ratios(results)
+    path = write_results(
+        "queue_throughput",
+        {
+            "command": " ".join(["python -m bench.queue_throughput", *sys.argv[1:]]),
+            "jobs": jobs,
+            "quick": quick,
+            "enqueue_chunk": ENQUEUE_CHUNK,
+            "machine": info,
+            "versions": versions,
+            "elapsed_s": elapsed,
+            "runs": [
+                {**r.as_dict(), "ratio_total_vs_best_baseline": rel.get(i, (None, None))[0],
+                 "ratio_drain_vs_best_baseline": rel.get(i, (None, None))[1]}  # fmt: skip
+                for i, r in enumerate(results)
+            ],
+            "single_enqueue": {"jobs": single_jobs, "per_s": single},
+        },
+    )
+    print(f"\nwall time {elapsed:.0f} s; results written to {path}")
+
+
+# -- profiling Cronium ------------------------------------------------------------------------
+
+
+class SqlTimer:
+    """Counts and times the statements an engine sends (cursor executes, i.e. round trips that
+    carry SQL; BEGIN/COMMIT and pool pings are counted by :meth:`attach` separately)."""
+
+    def __init__(self) -> None:
+        self.times: dict[str, list[float]] = defaultdict(list)
+        self.events: dict[str, int] = defaultdict(int)
+        self.enabled = False
+
+    def attach(self, engine: Any) -> None:
+        from sqlalchemy import event
+
+        sync = engine.sync_engine
+
+        @event.listens_for(sync, "before_cursor_execute")
+        def before(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+            conn.info.setdefault("bench_t0", []).append(time.perf_counter())
+
+        @event.listens_for(sync, "after_cursor_execute")
+        def after(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+            t0 = conn.info["bench_t0"].pop()
+            if self.enabled:
+                self.times[_statement_kind(statement)].append(time.perf_counter() - t0)
+
+        for name in ("begin", "commit", "rollback"):
+            self._count(sync, name)
+        self._count(sync.pool, "checkout")
+
+    def _count(self, target: Any, name: str) -> None:
+        from sqlalchemy import event
+
+        def hook(*args: Any) -> None:
+            if self.enabled:
+                self.events[name] += 1
+
+        event.listen(target, name, hook)
+
+
+def _statement_kind(sql: str) -> str:
+    words = " ".join(sql.split())
+    if words.startswith("SELECT jobs.id, jobs.concurrency_key"):
+        return "claim: SELECT candidates … FOR UPDATE SKIP LOCKED"
+    if words.startswith("UPDATE jobs SET status") and "lease_owner" in words:
+        return "claim: UPDATE … RETURNING jobs.*"
+    if words.startswith("SELECT jobs.id, jobs.event_id") and "FOR UPDATE" in words:
+        return "finish: SELECT jobs.* … FOR UPDATE"
+    if words.startswith("SELECT jobs.id, jobs.event_id"):
+        return "finish: SELECT jobs.*"
+    if words.startswith("UPDATE jobs SET exit_code"):
+        return "finish: UPDATE … RETURNING jobs.*"
+    if words.startswith("INSERT INTO jobs"):
+        return "enqueue: INSERT … RETURNING jobs.*"
+    return words[:60]
+
+
+async def profile_cronium(jobs: int) -> None:
+    """Drain ``jobs`` jobs with 4 in-process Cronium workers (claim 10) on PostgreSQL and on
+    SQLite, timing every statement and every queue call, and print where the time goes."""
+    from cronium_core import JobStatus
+    from cronium_core.datastore import DataStore
+    from cronium_core.queue import JobQueue
+
+    with postgres_server() as server, tempfile.TemporaryDirectory(prefix="cronium-bench-") as tmp:
+        bench = Bench(server=server, workdir=Path(tmp))
+        for system in (CRONIUM_PG, CRONIUM_SQLITE):
+            async with bench.target(system) as (target, url):
+                timer = SqlTimer()
+                timer.attach(target.store.engine)
+                timer.enabled = True
+                start = time.monotonic()
+                await target.enqueue(jobs, ENQUEUE_CHUNK)
+                enqueue_s = time.monotonic() - start
+                timer.enabled = False
+                enqueue_times = dict(timer.times)
+                enqueue_events = dict(timer.events)
+
+                async with AsyncExitStack() as stack:
+                    store = DataStore(url=url)
+                    await store.start(stack)
+                    drain_timer = SqlTimer()
+                    drain_timer.attach(store.engine)
+                    queue = JobQueue(store=store)
+                    calls: dict[str, list[float]] = defaultdict(list)
+
+                    async def worker(worker_id: str) -> None:
+                        while True:
+                            t0 = time.perf_counter()
+                            claimed = await queue.claim(worker_id, limit=10)
+                            calls["claim(limit=10)"].append(time.perf_counter() - t0)
+                            if not claimed:
+                                return
+                            for job in claimed:
+                                assert job.lease_id is not None
+                                t0 = time.perf_counter()
+                                await queue.finish(job.id, job.lease_id,
+                                                   status=JobStatus.SUCCEEDED)  # fmt: skip
+                                calls["finish()"].append(time.perf_counter() - t0)
+
+                    profiler = cProfile.Profile()
+                    drain_timer.enabled = True
+                    start = time.monotonic()
+                    profiler.enable()
+                    async with anyio.create_task_group() as tg:
+                        for i in range(4):
+                            tg.start_soon(worker, f"prof-{i}")
+                    profiler.disable()
+                    drain_s = time.monotonic() - start
+                    drain_timer.enabled = False
+
+            print(f"\n=== {LABELS[system]}: {jobs} jobs, enqueue {jobs / enqueue_s:.0f}/s, "
+                  f"drain (4 workers, claim 10, under cProfile) {jobs / drain_s:.0f}/s")  # fmt: skip
+            print("\nenqueue phase, per job:")
+            _print_sql(enqueue_times, enqueue_events, jobs, enqueue_s)
+            print("\ndrain phase, per job:")
+            _print_sql(drain_timer.times, drain_timer.events, jobs, drain_s)
+            print("\nqueue calls (wall time of the awaited call, ms):")
+            print(format_table(
+                ["call", "count", "p50", "p90", "p99", "sum s"],
+                [[name, len(v), *(x * 1000 for x in percentiles(v).values()), sum(v)]
+                 for name, v in calls.items()],
+            ))  # fmt: skip
+            out = io.StringIO()
+            stats = pstats.Stats(profiler, stream=out)
+            stats.sort_stats("tottime").print_stats(18)
+            print("\ncProfile, top functions by own time (event loop included):")
+            print("\n".join(out.getvalue().splitlines()[:45]))
+        await _explain_claim(server)
+
+
+def _print_sql(times: dict[str, list[float]], events: dict[str, int], jobs: int,
+               wall: float) -> None:  # fmt: skip
+    rows = [
+        [kind, len(v) / jobs, statistics.median(v) * 1000, sum(v), 100 * sum(v) / wall]
+        for kind, v in sorted(times.items(), key=lambda kv: -sum(kv[1]))
+    ]
+    print(format_table(
+        ["statement", "per job", "median ms", "sum s", "% of wall (summed over tasks)"], rows
+    ))  # fmt: skip
+    print("  transactions/checkouts per job: "
+          + ", ".join(f"{k} {v / jobs:.2f}" for k, v in sorted(events.items())))  # fmt: skip
+
+
+async def _explain_claim(server: PostgresServer) -> None:
+    """EXPLAIN ANALYZE the claim's candidate query with 5,000 queued jobs."""
+    import sqlalchemy as sa
+
+    from cronium_core import JobStatus
+
+    bench = Bench(server=server, workdir=Path(tempfile.gettempdir()))
+    async with bench.target(CRONIUM_PG) as (target, _url):
+        await target.enqueue(5000, ENQUEUE_CHUNK)
+        captured: list[tuple[str, Any]] = []
+        from sqlalchemy import event
+
+        def grab(conn: Any, cursor: Any, statement: str, params: Any, *args: Any) -> None:
+            if statement.lstrip().startswith("SELECT jobs.id, jobs.concurrency_key"):
+                captured.append((statement, params))
+
+        event.listen(target.store.engine.sync_engine, "before_cursor_execute", grab)
+        claimed = await target.queue.claim("explain", limit=10)
+        for job in claimed:
+            assert job.lease_id is not None
+            await target.queue.finish(job.id, job.lease_id, status=JobStatus.SUCCEEDED)
+        statement, params = captured[0]
+        raw = await target.store.engine.raw_connection()
+        try:
+            driver = raw.driver_connection
+            # asyncpg placeholders are $1…; the params tuple is positional
+            plan_rows = await driver.fetch("EXPLAIN (ANALYZE, BUFFERS) " + statement.replace(
+                "%s", "$").replace("FOR UPDATE OF jobs SKIP LOCKED", ""), *params)  # fmt: skip
+        except Exception as exc:  # the plan is a nicety; never fail the profile on it
+            print(f"\n(could not EXPLAIN the claim query: {exc!r})")
+            return
+        finally:
+            raw.close()
+        _ = sa
+        print("\nclaim candidate query with 4,990 queued jobs (EXPLAIN ANALYZE, without the lock "
+              "clause):")  # fmt: skip
+        print("\n".join("  " + r[0] for r in plan_rows))
+
+
+# -- entry point --------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.queue_throughput", description=__doc__
+                                     .split("\n\n")[0])  # fmt: skip
+    parser.add_argument("--jobs", type=int, default=None, help="jobs per run (default 5000; "
+                        "500 with --quick)")  # fmt: skip
+    parser.add_argument("--quick", action="store_true", help="small smoke run, < 30 s")
+    parser.add_argument("--profile", action="store_true",
+                        help="profile Cronium's queue instead of comparing")  # fmt: skip
+    args = parser.parse_args(argv)
+    jobs = args.jobs or (500 if args.quick else 5000)
+    if args.profile:
+        anyio.run(profile_cronium, jobs)
+    else:
+        anyio.run(benchmark, jobs, args.quick)
+
+
+if __name__ == "__main__":
+    main()

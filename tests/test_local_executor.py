@@ -1,0 +1,496 @@
+"""The local executor with real bash, python and node processes, warm pool and cold spawn."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import sys
+from collections.abc import AsyncIterator, Mapping
+from contextlib import AsyncExitStack
+from pathlib import Path
+
+import anyio
+import attrs
+import pytest
+
+from cronium_core.errors import ValidationError
+from cronium_core.events import HttpRequest, Script
+from cronium_core.executors import ExecutionRequest
+from cronium_core.jobs import Stream
+from cronium_executors._lines import MAX_LINE_BYTES, TRUNCATION_MARKER, LineSplitter
+from cronium_executors._sdk import sdk_paths
+from cronium_executors.local import LocalExecutor
+
+pytestmark = pytest.mark.anyio
+
+CANARY = "CRONIUM_TEST_WORKER_SECRET"
+KILL_GRACE = 0.5
+needs_node = pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
+
+
+class Log:
+    """A log sink that keeps every line, per stream."""
+
+    def __init__(self) -> None:
+        self.lines: list[tuple[Stream, str]] = []
+        self.arrived = anyio.Event()
+        self.wanted = 0
+
+    async def __call__(self, stream: Stream, text: str) -> None:
+        self.lines.append((stream, text))
+        if len(self.of(Stream.STDOUT)) >= self.wanted > 0:
+            self.arrived.set()
+
+    def of(self, stream: Stream) -> list[str]:
+        return [text for s, text in self.lines if s is stream]
+
+    @property
+    def stdout(self) -> list[str]:
+        return self.of(Stream.STDOUT)
+
+    @property
+    def stderr(self) -> list[str]:
+        return self.of(Stream.STDERR)
+
+
+def request(
+    language: str, code: str, *, env: Mapping[str, str] | None = None
+) -> ExecutionRequest:
+    return ExecutionRequest(
+        job_id="job-1",
+        attempt=1,
+        event_id="event-1",
+        event_name="test",
+        action=Script(language=language, code=code),  # type: ignore[arg-type]
+        input=None,
+        env={"CRONIUM_EXECUTION_ID": "exec-42", **(env or {})},
+        timeout=60,
+        kill_grace=KILL_GRACE,
+    )
+
+
+def alive(pid: int) -> bool:
+    """Whether the process exists and is not a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
+
+
+def group_members(pgid: int) -> list[int]:
+    members = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rpartition(")")[2].split()
+            except OSError:
+                continue
+            if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+                members.append(int(entry.name))
+    return members
+
+
+@pytest.fixture
+async def executor(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[LocalExecutor]:
+    """A started executor with its warm pool; the worker's environment holds a secret."""
+    monkeypatch.setenv(CANARY, "hunter2")
+    async with AsyncExitStack() as stack:
+        local = LocalExecutor({"work_root": str(tmp_path)})
+        await local.start(stack)
+        assert local.warm_pool_pid is not None
+        yield local
+
+
+@pytest.fixture(params=[True, False], ids=["warm", "cold"])
+async def python_executor(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[LocalExecutor]:
+    """The same tests through the warm pool and through a plain spawn."""
+    monkeypatch.setenv(CANARY, "hunter2")
+    async with AsyncExitStack() as stack:
+        local = LocalExecutor({"work_root": str(tmp_path), "warm_python": request.param})
+        await local.start(stack)
+        assert (local.warm_pool_pid is not None) is request.param
+        yield local
+
+
+# --- line splitting ---------------------------------------------------------------------
+
+
+def test_lines_split_across_chunks() -> None:
+    splitter = LineSplitter()
+    assert splitter.feed(b"one\ntw") == ["one"]
+    assert splitter.feed(b"o\r\nthr") == ["two"]
+    assert splitter.feed(b"ee") == []
+    assert splitter.finish() == ["three"]
+
+
+def test_long_line_cut_once_at_a_character_boundary() -> None:
+    splitter = LineSplitter(limit=10)
+    lines = splitter.feed("aaaaaaaaaé".encode() + b"b" * 30)  # é straddles the limit
+    assert lines == ["aaaaaaaaa" + TRUNCATION_MARKER]
+    assert splitter.feed(b"bbbb\nnext\n") == ["next"]
+    assert splitter.finish() == []
+
+
+# --- running scripts --------------------------------------------------------------------
+
+
+async def test_bash_streams_and_exit_code(executor: LocalExecutor, tmp_path: Path) -> None:
+    log = Log()
+    code = "echo out1; echo err1 >&2; echo out2; echo err2 >&2; printf 'no newline'; exit 3"
+    outcome = await executor.execute(request("bash", code), log)
+    assert outcome.exit_code == 3
+    assert not outcome.succeeded
+    assert log.stdout == ["out1", "out2", "no newline"]
+    assert log.stderr == ["err1", "err2"]
+    assert list(tmp_path.iterdir()) == [], "the job directory is removed"
+
+
+async def test_python_script(python_executor: LocalExecutor) -> None:
+    log = Log()
+    code = (
+        "import sys\n"
+        "print('hello', __name__, sys.argv[0].endswith('.py'))\n"
+        "print('oops', file=sys.stderr)\n"
+        "for i in range(3): print(i)\n"
+        "sys.exit(5)\n"
+    )
+    outcome = await python_executor.execute(request("python", code), log)
+    assert outcome.exit_code == 5
+    assert outcome.error is None
+    assert log.stdout == ["hello __main__ True", "0", "1", "2"]
+    assert log.stderr == ["oops"]
+
+
+async def test_python_success_and_exit_statuses(python_executor: LocalExecutor) -> None:
+    assert (await python_executor.execute(request("python", "x = 1"), Log())).succeeded
+    exiting = await python_executor.execute(request("python", "raise SystemExit('bye')"), Log())
+    assert exiting.exit_code == 1
+    log = Log()
+    killed = await python_executor.execute(
+        request("python", "import os, signal\nos.kill(os.getpid(), signal.SIGKILL)"), log
+    )
+    assert killed.exit_code == 128 + signal.SIGKILL
+    assert killed.error is not None
+    assert "SIGKILL" in killed.error
+
+
+async def test_python_uncaught_exception(python_executor: LocalExecutor) -> None:
+    log = Log()
+    outcome = await python_executor.execute(request("python", "def f():\n    1 / 0\nf()\n"), log)
+    assert outcome.exit_code == 1
+    assert log.stderr[0] == "Traceback (most recent call last):"
+    assert log.stderr[-1] == "ZeroDivisionError: division by zero"
+    # the traceback reads as from `python script.py`: no frames of the pool's machinery
+    assert not any("runpy" in line or "_zygote" in line for line in log.stderr)
+
+
+async def test_python_warm_and_cold_see_the_same_world(python_executor: LocalExecutor) -> None:
+    log = Log()
+    code = (
+        "import os, sys, tempfile\n"
+        "print(os.getcwd() == os.environ['HOME'])\n"
+        "print(tempfile.gettempdir() == os.environ['TMPDIR'])\n"
+        "print(sys.path[0] == os.path.dirname(os.path.abspath(sys.argv[0])))\n"
+        "print(sys.stdin.read() == '')\n"
+        "print(sys.stdout.encoding)\n"
+        "import cronium\n"
+        "print('sdk ok')\n"
+    )
+    outcome = await python_executor.execute(request("python", code), log)
+    assert log.stderr == []
+    assert outcome.succeeded
+    assert log.stdout == ["True", "True", "True", "True", "utf-8", "sdk ok"]
+
+
+@needs_node
+async def test_node_script(executor: LocalExecutor) -> None:
+    log = Log()
+    code = (
+        "console.log('one'); console.error('warn'); console.log(process.env.CRONIUM_EXECUTION_ID);"
+        "process.exitCode = 2;"
+    )
+    outcome = await executor.execute(request("node", code), log)
+    assert outcome.exit_code == 2
+    assert log.stdout == ["one", "exec-42"]
+    assert log.stderr == ["warn"]
+
+
+@pytest.mark.parametrize("language", ["bash", "python"])
+async def test_environment_is_the_jobs_not_the_workers(
+    python_executor: LocalExecutor, language: str
+) -> None:
+    names = ["GREETING", "CRONIUM_EXECUTION_ID", CANARY, "LANG", "HOME", "TMPDIR", "PATH"]
+    if language == "bash":
+        code = "".join(f'echo "{name}=${{{name}:-<unset>}}"\n' for name in names)
+    else:
+        code = f"import os\nfor n in {names!r}: print(f'{{n}}=' + os.environ.get(n, '<unset>'))"
+    log = Log()
+    outcome = await python_executor.execute(request(language, code, env={"GREETING": "hi"}), log)
+    assert outcome.succeeded
+    seen = dict(line.split("=", 1) for line in log.stdout)
+    assert seen["GREETING"] == "hi"
+    assert seen["CRONIUM_EXECUTION_ID"] == "exec-42"
+    assert os.environ[CANARY] == "hunter2"
+    assert seen[CANARY] == "<unset>"
+    assert seen["LANG"] == "C.UTF-8"
+    assert seen["HOME"].endswith("/work")
+    assert seen["TMPDIR"].startswith(seen["HOME"].removesuffix("work"))
+    assert seen["PATH"] == os.environ["PATH"]
+
+
+async def test_bash_without_sdk_sees_plain_script(executor: LocalExecutor) -> None:
+    log = Log()
+    await executor.execute(request("bash", 'echo "$0"; echo "$#"'), log)
+    assert log.stdout[0].endswith("/code/job.sh")
+    assert log.stdout[1] == "0"
+
+
+async def test_work_dir_is_removed_even_when_locked(
+    python_executor: LocalExecutor, tmp_path: Path
+) -> None:
+    log = Log()
+    code = (
+        "import os\n"
+        "os.makedirs('a/b')\n"
+        "open('a/b/f', 'w').write('x')\n"
+        "os.chmod('a/b', 0o500)\n"
+        "os.chmod('a', 0o500)\n"
+        "print(os.getcwd())\n"
+    )
+    outcome = await python_executor.execute(request("python", code), log)
+    assert outcome.succeeded
+    assert not Path(log.stdout[0]).exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+async def test_missing_interpreter(tmp_path: Path) -> None:
+    local = LocalExecutor({"work_root": str(tmp_path), "node": str(tmp_path / "no-node")})
+    log = Log()
+    outcome = await local.execute(request("node", "1"), log)
+    assert outcome.exit_code is None
+    assert outcome.error is not None
+    assert outcome.error.startswith("cannot start")
+    assert log.of(Stream.SYSTEM) == [outcome.error]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_settings_are_checked() -> None:
+    with pytest.raises(ValidationError, match="executors.local.colour"):
+        LocalExecutor({"colour": "blue"})
+    with pytest.raises(ValidationError, match="must be a bool"):
+        LocalExecutor({"warm_python": "yes"})
+
+
+def test_can_run_only_scripts() -> None:
+    local = LocalExecutor()
+    assert local.can_run(Script(language="bash", code="true"))
+    assert not local.can_run(HttpRequest(url="http://127.0.0.1/"))
+
+
+# --- output edge cases ------------------------------------------------------------------
+
+
+async def test_long_line_truncated(python_executor: LocalExecutor) -> None:
+    log = Log()
+    code = "print('x' * 200_000)\nprint('é' * 100_000)\nprint('after')"
+    await python_executor.execute(request("python", code), log)
+    assert log.stdout[0] == "x" * MAX_LINE_BYTES + TRUNCATION_MARKER
+    assert log.stdout[1] == "é" * (MAX_LINE_BYTES // 2) + TRUNCATION_MARKER
+    assert log.stdout[2] == "after"
+    assert len(log.stdout) == 3
+
+
+async def test_invalid_utf8_replaced(python_executor: LocalExecutor) -> None:
+    log = Log()
+    code = "import sys\nsys.stdout.buffer.write(b'ok \\xff\\xfe end\\n')"
+    await python_executor.execute(request("python", code), log)
+    assert log.stdout == ["ok \ufffd\ufffd end"]
+
+
+async def test_flood_arrives_complete_and_in_order(python_executor: LocalExecutor) -> None:
+    log = Log()
+    code = (
+        "import sys\n"
+        "out = sys.stdout.write\n"
+        "err = sys.stderr.write\n"
+        "for i in range(100_000):\n"
+        "    out(f'{i}\\n')\n"
+        "    if i % 10 == 0: err(f'e{i}\\n')\n"
+    )
+    outcome = await python_executor.execute(request("python", code), log)
+    assert outcome.succeeded
+    assert log.stdout == [str(i) for i in range(100_000)]
+    assert log.stderr == [f"e{i}" for i in range(0, 100_000, 10)]
+
+
+# --- stopping -----------------------------------------------------------------------------
+
+
+@pytest.mark.fault
+async def test_timeout_kills_bash_and_its_grandchild(executor: LocalExecutor) -> None:
+    log = Log()
+    log.wanted = 2
+    code = "sleep 1000 &\necho $!\necho $$\nwait\n"
+    begin = anyio.current_time()
+    with pytest.raises(TimeoutError), anyio.fail_after(1):
+        await executor.execute(request("bash", code), log)
+    assert anyio.current_time() - begin < 1 + KILL_GRACE + 1
+    grandchild, shell = (int(pid) for pid in log.stdout)
+    assert not alive(grandchild)
+    assert not alive(shell)
+    assert group_members(shell) == []
+
+
+@pytest.mark.fault
+async def test_timeout_kills_python_that_ignores_sigterm(python_executor: LocalExecutor) -> None:
+    log = Log()
+    code = (
+        "import os, signal, subprocess, time\n"
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        "child = subprocess.Popen(['sleep', '1000'])\n"
+        "print(os.getpid(), child.pid, flush=True)\n"
+        "time.sleep(1000)\n"
+    )
+    begin = anyio.current_time()
+    with pytest.raises(TimeoutError), anyio.fail_after(1):
+        await python_executor.execute(request("python", code), log)
+    took = anyio.current_time() - begin
+    assert 1 + KILL_GRACE * 0.9 < took < 1 + KILL_GRACE + 1, "SIGKILL after the grace"
+    main, child = (int(pid) for pid in log.stdout[0].split())
+    assert not alive(main)
+    assert not alive(child)
+    assert group_members(main) == []
+
+
+async def test_cancel_scope_stops_the_job(python_executor: LocalExecutor) -> None:
+    log = Log()
+    log.wanted = 1
+    code = "import os, time\nprint(os.getpid(), flush=True)\ntime.sleep(1000)"
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(python_executor.execute, request("python", code), log)
+        await log.arrived.wait()
+        tg.cancel_scope.cancel()
+    assert not alive(int(log.stdout[0]))
+
+
+async def test_leftovers_stopped_when_the_script_ends(executor: LocalExecutor) -> None:
+    log = Log()
+    with anyio.fail_after(10):
+        outcome = await executor.execute(request("bash", "sleep 1000 &\necho $!\n"), log)
+    assert outcome.succeeded
+    assert not alive(int(log.stdout[0]))
+    assert log.of(Stream.SYSTEM) == ["stopped the processes the script left running"]
+
+
+@pytest.mark.fault
+async def test_output_held_by_an_escaped_process_is_abandoned(executor: LocalExecutor) -> None:
+    log = Log()
+    escaped = 0
+    try:
+        with anyio.fail_after(10):
+            outcome = await executor.execute(
+                request("bash", "setsid sleep 1000 &\necho $!\n"), log
+            )
+        escaped = int(log.stdout[0])
+        assert outcome.succeeded
+        assert any("stopped reading output" in line for line in log.of(Stream.SYSTEM))
+    finally:
+        if escaped:
+            os.kill(escaped, signal.SIGKILL)
+
+
+# --- the warm pool ------------------------------------------------------------------------
+
+
+async def test_pool_runs_many_jobs_at_once(executor: LocalExecutor) -> None:
+    zygote = executor.warm_pool_pid
+    logs = [Log() for _ in range(20)]
+    outcomes = {}
+    code = "import os\nprint(os.environ['N'], os.getppid())\nraise SystemExit(int(os.environ['N']))"
+
+    async def run(n: int) -> None:
+        outcomes[n] = await executor.execute(request("python", code, env={"N": str(n)}), logs[n])
+
+    async with anyio.create_task_group() as tg:
+        for n in range(20):
+            tg.start_soon(run, n)
+    for n in range(20):
+        assert outcomes[n].exit_code == n
+        assert logs[n].stdout == [f"{n} {zygote}"], "forked by the zygote"
+
+
+async def test_python_env_vars_that_shape_startup_spawn_cold(executor: LocalExecutor) -> None:
+    log = Log()
+    env = {"PYTHONDONTWRITEBYTECODE": "1"}
+    await executor.execute(request("python", "import os\nprint(os.getppid())", env=env), log)
+    assert log.stdout == [str(os.getpid())]
+
+
+@pytest.mark.fault
+async def test_zygote_killed_is_survived(executor: LocalExecutor) -> None:
+    zygote = executor.warm_pool_pid
+    assert zygote is not None
+    os.kill(zygote, signal.SIGKILL)
+    log = Log()
+    outcome = await executor.execute(request("python", "print('still here')"), log)
+    assert outcome.succeeded
+    assert log.stdout == ["still here"]
+
+    with anyio.fail_after(5):
+        while executor.warm_pool_pid in (None, zygote):
+            await anyio.sleep(0.02)
+    log = Log()
+    await executor.execute(request("python", "import os\nprint(os.getppid())"), log)
+    assert log.stdout == [str(executor.warm_pool_pid)]
+
+
+async def test_pool_stops_with_the_exit_stack(tmp_path: Path) -> None:
+    async with AsyncExitStack() as stack:
+        local = LocalExecutor({"work_root": str(tmp_path)})
+        await local.start(stack)
+        zygote = local.warm_pool_pid
+        assert zygote is not None
+    assert not alive(zygote)
+
+
+# --- the SDK ------------------------------------------------------------------------------
+
+
+def test_sdk_paths_installed_layout(tmp_path: Path) -> None:
+    package = tmp_path / "site-packages" / "cronium_executors"
+    (package / "_sdk" / "python" / "cronium").mkdir(parents=True)
+    (package / "_sdk" / "node").mkdir()
+    (package / "_sdk" / "bash").mkdir()
+    (package / "_sdk" / "bash" / "cronium.sh").write_text("cronium_hello() { :; }\n")
+    paths = sdk_paths(package)
+    assert paths.python == (package / "_sdk" / "python",)
+    assert paths.node == (package / "_sdk" / "node",)
+    assert paths.bash == package / "_sdk" / "bash" / "cronium.sh"
+
+
+def test_sdk_paths_source_checkout() -> None:
+    paths = sdk_paths()
+    repo = Path(__file__).resolve().parent.parent
+    assert paths.python == (repo / "sdk" / "python" / "src",)
+
+
+async def test_bash_sdk_is_sourced_first(tmp_path: Path) -> None:
+    sdk = tmp_path / "sdk.sh"
+    sdk.write_text('cronium_greet() { echo "hi $1"; }\n')
+    local = LocalExecutor({"work_root": str(tmp_path)})
+    local.sdk = attrs.evolve(local.sdk, bash=sdk)
+    log = Log()
+    outcome = await local.execute(request("bash", 'cronium_greet there\necho "$0"'), log)
+    assert outcome.succeeded, log.lines
+    assert log.stdout[0] == "hi there"
+    assert log.stdout[1].endswith("/code/job.sh")
+
+
+if sys.platform != "linux":  # /proc is how these tests see processes
+    pytestmark = [pytest.mark.anyio, pytest.mark.skip(reason="needs Linux")]
