@@ -829,8 +829,6 @@ def _print_sql(times: dict[str, list[float]], events: dict[str, int], jobs: int,
 
 async def _explain_claim(server: PostgresServer) -> None:
     """EXPLAIN ANALYZE the claim's candidate query with 5,000 queued jobs."""
-    import sqlalchemy as sa
-
     from cronium_core import JobStatus
 
     bench = Bench(server=server, workdir=Path(tempfile.gettempdir()))
@@ -853,16 +851,13 @@ async def _explain_claim(server: PostgresServer) -> None:
         try:
             driver = raw.driver_connection
             # asyncpg placeholders are $1…; the params tuple is positional
-            plan_rows = await driver.fetch("EXPLAIN (ANALYZE, BUFFERS) " + statement.replace(
-                "%s", "$").replace("FOR UPDATE OF jobs SKIP LOCKED", ""), *params)  # fmt: skip
+            plan_rows = await driver.fetch("EXPLAIN (ANALYZE, BUFFERS) " + statement, *params)
         except Exception as exc:  # the plan is a nicety; never fail the profile on it
             print(f"\n(could not EXPLAIN the claim query: {exc!r})")
             return
         finally:
             raw.close()
-        _ = sa
-        print("\nclaim candidate query with 4,990 queued jobs (EXPLAIN ANALYZE, without the lock "
-              "clause):")  # fmt: skip
+        print("\nclaim candidate query with 4,990 queued jobs (EXPLAIN ANALYZE):")
         print("\n".join("  " + r[0] for r in plan_rows))
 
 
@@ -886,4 +881,8 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # run as the module's own name, not __main__: procrastinate warns about apps made in
+    # __main__, and the worker processes unpickle their entry point by module name
+    from bench.queue_throughput import main as _main
+
+    _main()

@@ -36,11 +36,14 @@ class Log:
         self.lines: list[tuple[Stream, str]] = []
         self.arrived = anyio.Event()
         self.wanted = 0
+        self.stdout_count = 0
 
     async def __call__(self, stream: Stream, text: str) -> None:
         self.lines.append((stream, text))
-        if len(self.of(Stream.STDOUT)) >= self.wanted > 0:
-            self.arrived.set()
+        if stream is Stream.STDOUT:
+            self.stdout_count += 1
+            if self.stdout_count == self.wanted:
+                self.arrived.set()
 
     def of(self, stream: Stream) -> list[str]:
         return [text for s, text in self.lines if s is stream]
@@ -54,9 +57,7 @@ class Log:
         return self.of(Stream.STDERR)
 
 
-def request(
-    language: str, code: str, *, env: Mapping[str, str] | None = None
-) -> ExecutionRequest:
+def request(language: str, code: str, *, env: Mapping[str, str] | None = None) -> ExecutionRequest:
     return ExecutionRequest(
         job_id="job-1",
         attempt=1,
@@ -79,6 +80,10 @@ def alive(pid: int) -> bool:
     return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
 
 
+def entries(directory: Path) -> list[Path]:
+    return list(directory.iterdir())
+
+
 def group_members(pgid: int) -> list[int]:
     members = []
     for entry in Path("/proc").iterdir():
@@ -93,9 +98,7 @@ def group_members(pgid: int) -> list[int]:
 
 
 @pytest.fixture
-async def executor(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> AsyncIterator[LocalExecutor]:
+async def executor(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[LocalExecutor]:
     """A started executor with its warm pool; the worker's environment holds a secret."""
     monkeypatch.setenv(CANARY, "hunter2")
     async with AsyncExitStack() as stack:
@@ -148,7 +151,7 @@ async def test_bash_streams_and_exit_code(executor: LocalExecutor, tmp_path: Pat
     assert not outcome.succeeded
     assert log.stdout == ["out1", "out2", "no newline"]
     assert log.stderr == ["err1", "err2"]
-    assert list(tmp_path.iterdir()) == [], "the job directory is removed"
+    assert entries(tmp_path) == [], "the job directory is removed"
 
 
 async def test_python_script(python_executor: LocalExecutor) -> None:
@@ -223,7 +226,7 @@ async def test_node_script(executor: LocalExecutor) -> None:
 
 @pytest.mark.parametrize("language", ["bash", "python"])
 async def test_environment_is_the_jobs_not_the_workers(
-    python_executor: LocalExecutor, language: str
+    python_executor: LocalExecutor, language: str, tmp_path: Path
 ) -> None:
     names = ["GREETING", "CRONIUM_EXECUTION_ID", CANARY, "LANG", "HOME", "TMPDIR", "PATH"]
     if language == "bash":
@@ -239,15 +242,15 @@ async def test_environment_is_the_jobs_not_the_workers(
     assert os.environ[CANARY] == "hunter2"
     assert seen[CANARY] == "<unset>"
     assert seen["LANG"] == "C.UTF-8"
-    assert seen["HOME"].endswith("/work")
-    assert seen["TMPDIR"].startswith(seen["HOME"].removesuffix("work"))
+    assert seen["HOME"].startswith(str(tmp_path / "cronium-job-"))
+    assert seen["TMPDIR"] == seen["HOME"]
     assert seen["PATH"] == os.environ["PATH"]
 
 
 async def test_bash_without_sdk_sees_plain_script(executor: LocalExecutor) -> None:
     log = Log()
     await executor.execute(request("bash", 'echo "$0"; echo "$#"'), log)
-    assert log.stdout[0].endswith("/code/job.sh")
+    assert log.stdout[0].endswith("/.cronium-job.sh")
     assert log.stdout[1] == "0"
 
 
@@ -265,8 +268,7 @@ async def test_work_dir_is_removed_even_when_locked(
     )
     outcome = await python_executor.execute(request("python", code), log)
     assert outcome.succeeded
-    assert not Path(log.stdout[0]).exists()
-    assert list(tmp_path.iterdir()) == []
+    assert entries(tmp_path) == []
 
 
 async def test_missing_interpreter(tmp_path: Path) -> None:
@@ -277,11 +279,11 @@ async def test_missing_interpreter(tmp_path: Path) -> None:
     assert outcome.error is not None
     assert outcome.error.startswith("cannot start")
     assert log.of(Stream.SYSTEM) == [outcome.error]
-    assert list(tmp_path.iterdir()) == []
+    assert entries(tmp_path) == []
 
 
 def test_settings_are_checked() -> None:
-    with pytest.raises(ValidationError, match="executors.local.colour"):
+    with pytest.raises(ValidationError, match=r"executors\.local\.colour"):
         LocalExecutor({"colour": "blue"})
     with pytest.raises(ValidationError, match="must be a bool"):
         LocalExecutor({"warm_python": "yes"})
@@ -394,9 +396,12 @@ async def test_output_held_by_an_escaped_process_is_abandoned(executor: LocalExe
     escaped = 0
     try:
         with anyio.fail_after(10):
-            outcome = await executor.execute(
-                request("bash", "setsid sleep 1000 &\necho $!\n"), log
+            code = (
+                "import subprocess\n"
+                "sleeper = subprocess.Popen(['sleep', '1000'], start_new_session=True)\n"
+                "print(sleeper.pid)\n"
             )
+            outcome = await executor.execute(request("python", code), log)
         escaped = int(log.stdout[0])
         assert outcome.succeeded
         assert any("stopped reading output" in line for line in log.of(Stream.SYSTEM))
@@ -450,6 +455,81 @@ async def test_zygote_killed_is_survived(executor: LocalExecutor) -> None:
     assert log.stdout == [str(executor.warm_pool_pid)]
 
 
+@pytest.mark.fault
+async def test_job_outlives_a_dying_zygote(executor: LocalExecutor) -> None:
+    zygote = executor.warm_pool_pid
+    assert zygote is not None
+    log = Log()
+    log.wanted = 1
+    outcomes = []
+    code = "import time\nprint('a', flush=True)\ntime.sleep(0.3)\nprint('b')"
+
+    async def run() -> None:
+        outcomes.append(await executor.execute(request("python", code), log))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(run)
+        await log.arrived.wait()
+        os.kill(zygote, signal.SIGKILL)
+    assert log.stdout == ["a", "b"], "the job ran to its end"
+    [outcome] = outcomes
+    assert outcome.exit_code is None
+    assert outcome.error is not None
+    assert "warm Python pool" in outcome.error
+
+
+WORKER = """
+import sys, anyio
+from contextlib import AsyncExitStack
+from cronium_core.events import Script
+from cronium_core.executors import ExecutionRequest
+from cronium_executors.local import LocalExecutor
+
+async def emit(stream, text):
+    print(text, flush=True)
+
+async def main():
+    async with AsyncExitStack() as stack:
+        local = LocalExecutor({"work_root": sys.argv[1]})
+        await local.start(stack)
+        code = "import os, time\\nprint(os.getpid(), flush=True)\\ntime.sleep(1000)"
+        request = ExecutionRequest(
+            job_id="j", attempt=1, event_id="e", event_name="n", input=None, env={},
+            action=Script(language="python", code=code), timeout=1000,
+        )
+        await local.execute(request, emit)
+
+anyio.run(main)
+"""
+
+
+@pytest.mark.fault
+async def test_jobs_of_a_killed_worker_end_and_their_directories_go(tmp_path: Path) -> None:
+    """kill -9 of the worker: the zygote takes its jobs along; the next executor started on
+    the same directory removes what the dead worker left there."""
+    worker = await anyio.open_process([sys.executable, "-c", WORKER, str(tmp_path)], stderr=None)
+    try:
+        assert worker.stdout is not None
+        with anyio.fail_after(10):
+            job = int(await worker.stdout.receive())
+        worker.kill()
+        await worker.wait()
+    finally:
+        await worker.aclose()
+    with anyio.fail_after(5):
+        while alive(job):
+            await anyio.sleep(0.02)
+    [left] = entries(tmp_path)
+    assert left.name.startswith(f"cronium-job-{worker.pid}-")
+    mine = tmp_path / f"cronium-job-{os.getpid()}-abc"
+    mine.mkdir()
+    other = tmp_path / "cronium-job-not-a-pid"
+    other.mkdir()
+    async with AsyncExitStack() as stack:
+        await LocalExecutor({"work_root": str(tmp_path), "warm_python": False}).start(stack)
+    assert sorted(entries(tmp_path)) == [mine, other]
+
+
 async def test_pool_stops_with_the_exit_stack(tmp_path: Path) -> None:
     async with AsyncExitStack() as stack:
         local = LocalExecutor({"work_root": str(tmp_path)})
@@ -489,7 +569,7 @@ async def test_bash_sdk_is_sourced_first(tmp_path: Path) -> None:
     outcome = await local.execute(request("bash", 'cronium_greet there\necho "$0"'), log)
     assert outcome.succeeded, log.lines
     assert log.stdout[0] == "hi there"
-    assert log.stdout[1].endswith("/code/job.sh")
+    assert log.stdout[1].endswith("/.cronium-job.sh")
 
 
 if sys.platform != "linux":  # /proc is how these tests see processes

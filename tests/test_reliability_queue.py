@@ -18,10 +18,11 @@ import attrs
 import pytest
 import sqlalchemy as sa
 from anyio.from_thread import BlockingPortal, start_blocking_portal
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
+    initialize,
     invariant,
     precondition,
     rule,
@@ -216,7 +217,9 @@ def q8_machine(portal: BlockingPortal, queue: JobQueue, events: dict[str, Event]
             return any(self.held.values())
 
         def draw_lease(self, data: st.DataObject) -> tuple[str, str, str]:
-            pairs = sorted((w, j, lease) for w, leases in self.held.items() for j, lease in leases)
+            # in the order they were handed out: job ids are random, so sorting by them
+            # would make the same choices pick different leases on a replay
+            pairs = [(w, j, lease) for w, leases in self.held.items() for j, lease in leases]
             return data.draw(st.sampled_from(pairs), label="worker, job, lease")
 
         def forget(self, worker: str, job_id: str, lease_id: str) -> None:
@@ -231,7 +234,9 @@ def q8_machine(portal: BlockingPortal, queue: JobQueue, events: dict[str, Event]
             result = call(queue.finish, job_id, lease_id, status=status, exit_code=0)
             if not job.holds(lease_id):
                 assert result is None, f"a stale lease finished {job_id}"
+                event("finish: fenced")
                 return
+            event(f"finish: accepted ({status})")
             assert result is not None, "the current lease was fenced"
             now = clock.now()
             retry = (
@@ -250,9 +255,23 @@ def q8_machine(portal: BlockingPortal, queue: JobQueue, events: dict[str, Event]
 
         # -- rules -----------------------------------------------------------------------
 
+        @initialize(
+            jobs=st.lists(
+                st.tuples(st.sampled_from(sorted(EVENT_SPECS)), st.sampled_from([0, 1])),
+                min_size=1,
+                max_size=5,
+            )
+        )
+        def some_jobs(self, jobs: list[tuple[str, int]]) -> None:
+            for kind, priority in jobs:
+                self.enqueue(kind, priority)
+
         @rule(kind=st.sampled_from(sorted(EVENT_SPECS)), priority=st.sampled_from([0, 1]))
         def enqueue(self, kind: str, priority: int) -> None:
             event = events[kind]
+            # distinct creation times: claim order then never falls back to the random job id,
+            # so a replayed example claims the same jobs
+            clock.advance(microseconds=1)
             job = call(queue.enqueue, event, priority=priority)
             now = clock.now()
             self.model.jobs[job.id] = ModelJob(
@@ -264,6 +283,7 @@ def q8_machine(portal: BlockingPortal, queue: JobQueue, events: dict[str, Event]
             expected = self.model.expected_claim(limit)
             claimed = call(queue.claim, worker, limit)
             assert [j.id for j in claimed] == expected
+            event(f"claim: {len(claimed)} of {limit}")
             now = clock.now()
             for got in claimed:
                 job = self.model.jobs[got.id]
@@ -281,6 +301,7 @@ def q8_machine(portal: BlockingPortal, queue: JobQueue, events: dict[str, Event]
             job = self.model.jobs[job_id]
             beat = call(queue.heartbeat, job_id, lease_id)
             assert beat.alive is job.holds(lease_id)
+            event(f"heartbeat: alive={beat.alive}")
             if beat.alive:
                 assert beat.cancel_requested is job.cancel_requested
                 job.lease_expires = clock.now() + timedelta(seconds=LEASE)
@@ -308,6 +329,7 @@ def q8_machine(portal: BlockingPortal, queue: JobQueue, events: dict[str, Event]
             job = self.model.jobs[job_id]
             released = call(queue.release, job_id, lease_id)
             assert released is job.holds(lease_id)
+            event(f"release: accepted={released}")
             if released:
                 job.status, job.attempt, job.run_after = (
                     JobStatus.QUEUED,
@@ -319,6 +341,21 @@ def q8_machine(portal: BlockingPortal, queue: JobQueue, events: dict[str, Event]
         @rule(seconds=st.sampled_from([1, 2, 5, 15, 29, 30, 31, 60]))
         def advance_clock(self, seconds: int) -> None:
             clock.advance(seconds)
+
+        def live_leases(self) -> list[ModelJob]:
+            now = clock.now()
+            return [
+                j for j in self.model.jobs.values()
+                if j.status is JobStatus.RUNNING and j.lease_expires and j.lease_expires >= now
+            ]  # fmt: skip
+
+        @precondition(lambda self: bool(self.live_leases()))
+        @rule(data=st.data(), past=st.booleans())
+        def advance_to_lease_end(self, data: st.DataObject, past: bool) -> None:
+            # exactly onto a lease's end (still held: the reaper needs expires < now) or just past
+            job = data.draw(st.sampled_from(self.live_leases()), label="job")
+            assert job.lease_expires is not None
+            clock.set(job.lease_expires + timedelta(microseconds=1 if past else 0))
 
         @rule(worker=st.sampled_from(WORKERS))
         def kill_worker(self, worker: str) -> None:
@@ -345,12 +382,19 @@ def q8_machine(portal: BlockingPortal, queue: JobQueue, events: dict[str, Event]
             result = call(queue.reap)
             assert {j.id for j in result.requeued} == requeued
             assert {j.id for j in result.failed} == failed
+            event(f"sweep: requeued={bool(requeued)} failed={bool(failed)}")
 
         @precondition(lambda self: bool(self.model.jobs))
         @rule(data=st.data())
         def cancel(self, data: st.DataObject) -> None:
-            job_id = data.draw(st.sampled_from(sorted(self.model.jobs)), label="job")
+            # mostly a queued or running job; sometimes one that already ended (a no-op)
+            active = [j for j, m in self.model.jobs.items() if not m.status.finished]
+            pool = (
+                active if active and data.draw(st.integers(0, 3), label="pick") else self.model.jobs
+            )
+            job_id = data.draw(st.sampled_from(list(pool)), label="job")
             job = self.model.jobs[job_id]
+            event(f"cancel: {job.status}")
             got = call(queue.request_cancel, job_id)
             if job.status is JobStatus.QUEUED:
                 job.status, job.cancel_requested = JobStatus.CANCELLED, True

@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo
 
 import attrs
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
 from cronium_core.errors import InvalidSchedule
@@ -133,6 +133,13 @@ def _exists(local: datetime) -> bool:
     return round_trip.replace(tzinfo=None) == local.replace(tzinfo=None)
 
 
+def _in_first_fold(local: datetime) -> bool:
+    """True when this wall time comes round again later (a fall-back repeats it)."""
+    return _exists(local.replace(fold=1)) and (
+        local.replace(fold=1).astimezone(UTC) != local.astimezone(UTC)
+    )
+
+
 @functools.cache
 def transitions(zone_name: str) -> tuple[datetime, ...]:
     """UTC instants in 2024-2030 at which the zone's UTC offset changes (found by bisection)."""
@@ -198,10 +205,16 @@ def test_reference_applies_the_rule_by_hand() -> None:
 
 
 @st.composite
-def cron_fields(draw: st.DrawFn, low: int, high: int, star_bias: bool = False) -> str:
-    """One field: ``*``, ``*/n``, ``a``, ``a-b``, ``a-b/n`` or a list of the last three."""
+def cron_fields(
+    draw: st.DrawFn, low: int, high: int, star_bias: bool = False, favoured: tuple[int, ...] = ()
+) -> str:
+    """One field: ``*``, ``*/n``, ``a``, ``a-b``, ``a-b/n`` or a list of the last three.
+
+    ``favoured`` values are drawn more often (the hours around DST changes)."""
 
     def value() -> int:
+        if draw(st.booleans()) and favoured:
+            return draw(st.sampled_from(favoured))
         return draw(st.integers(low, high))
 
     def term() -> str:
@@ -224,12 +237,16 @@ def cron_fields(draw: st.DrawFn, low: int, high: int, star_bias: bool = False) -
     return ",".join(term() for _ in range(draw(st.integers(2, 4))))
 
 
+#: the hours in which the zones above change their clocks (Santiago at midnight, on either side)
+DST_HOURS = (0, 1, 2, 3, 23)
+
+
 @st.composite
 def cron_expressions(draw: st.DrawFn) -> str:
     return " ".join(
         [
             draw(cron_fields(0, 59)),
-            draw(cron_fields(0, 23)),
+            draw(cron_fields(0, 23, favoured=DST_HOURS)),
             draw(cron_fields(1, 31, star_bias=True)),
             draw(cron_fields(1, 12, star_bias=True)),
             draw(cron_fields(0, 7, star_bias=True)),
@@ -239,10 +256,15 @@ def cron_expressions(draw: st.DrawFn) -> str:
 
 @st.composite
 def starts(draw: st.DrawFn, zone_name: str) -> datetime:
-    """Instants in 2024-2030; half of them within two days before or a day after a DST change."""
+    """Instants in 2024-2030; half of them shortly before (or just after) a DST change."""
     near = transitions(zone_name)
     if draw(st.booleans()) and near:
-        offset = draw(st.timedeltas(min_value=-timedelta(days=2), max_value=timedelta(days=1)))
+        offset = draw(
+            st.one_of(
+                st.timedeltas(min_value=-timedelta(days=2), max_value=timedelta(days=1)),
+                st.timedeltas(min_value=-timedelta(hours=3), max_value=timedelta(hours=1)),
+            )
+        )
         return draw(st.sampled_from(near)) + offset
     return draw(
         st.datetimes(
@@ -276,6 +298,21 @@ def _show(times: list[datetime], zone: ZoneInfo) -> list[str]:
 # --- properties ----------------------------------------------------------------------------
 
 
+def _count_dst_cases(expression: str, zone: ZoneInfo, fires: list[datetime]) -> None:
+    """Tell Hypothesis's statistics (--hypothesis-show-statistics) how often the DST cases came
+    up, so that a strategy that stops reaching them is noticed."""
+    reference = RefCron.parse(expression)
+    event("fixed-time" if reference.fixed_time else "wall-clock")
+    for fire in fires:
+        local = fire.astimezone(zone)
+        if not reference.matches(local.replace(tzinfo=None)):
+            event("a fixed-time job moved out of a gap")
+        if local.fold:
+            event("a wall-clock job fired in a second fold")
+        if reference.fixed_time and _in_first_fold(local):
+            event("a fixed-time job fired in a repeated wall time (once)")
+
+
 @PROPERTY_SETTINGS
 @given(data=st.data(), expression=cron_expressions(), zone_name=st.sampled_from(ZONES))
 def test_cron_fire_times_equal_the_minute_by_minute_reference(
@@ -283,10 +320,42 @@ def test_cron_fire_times_equal_the_minute_by_minute_reference(
 ) -> None:
     after = data.draw(starts(zone_name), label="after")
     schedule = _cron(expression, zone_name)
-    until = after + timedelta(days=3)
+    until = after + timedelta(days=2)
     got = _window(schedule, after, until, 200)
     expected = reference_fires(expression, schedule.zone, after, until, 200)
     assert _show(got, schedule.zone) == _show(expected, schedule.zone)
+    _count_dst_cases(expression, schedule.zone, expected)
+
+
+DST_ZONES = [zone for zone in ZONES if transitions(zone)]
+
+
+@st.composite
+def expressions_at_dst_hours(draw: st.DrawFn) -> str:
+    """Any minute field; an hour field made of the hours in which clocks change; any day."""
+    hours = draw(st.lists(st.sampled_from(DST_HOURS), min_size=1, max_size=3, unique=True))
+    hour = draw(st.sampled_from([",".join(map(str, sorted(hours))), "1-3", "0-23", "*/2"]))
+    return f"{draw(cron_fields(0, 59))} {hour} * * *"
+
+
+@PROPERTY_SETTINGS
+@given(
+    expression=expressions_at_dst_hours(),
+    zone_name=st.sampled_from(DST_ZONES),
+    data=st.data(),
+)
+def test_cron_around_dst_changes_equals_the_reference(
+    expression: str, zone_name: str, data: st.DataObject
+) -> None:
+    change = data.draw(st.sampled_from(transitions(zone_name)), label="change")
+    early = data.draw(st.timedeltas(min_value=timedelta(0), max_value=timedelta(hours=26)))
+    after = change - early
+    schedule = _cron(expression, zone_name)
+    until = change + timedelta(hours=6)
+    got = _window(schedule, after, until, 400)
+    expected = reference_fires(expression, schedule.zone, after, until, 400)
+    assert _show(got, schedule.zone) == _show(expected, schedule.zone)
+    _count_dst_cases(expression, schedule.zone, expected)
 
 
 @PROPERTY_SETTINGS
@@ -304,12 +373,15 @@ def test_cron_fire_times_are_increasing_real_and_match_the_fields(
         assert (fire.second, fire.microsecond) == (0, 0)
         assert next_fire_time(schedule, previous) == fire
         local = fire.astimezone(schedule.zone)
-        assert _exists(local)
         if not reference.matches(local.replace(tzinfo=None)):
             # only a fixed-time job moved out of a spring-forward gap may fire off its fields
             assert reference.fixed_time, local.isoformat()
             just_before = (fire - MINUTE).astimezone(schedule.zone).replace(tzinfo=None)
             assert local.replace(tzinfo=None) - just_before > MINUTE, local.isoformat()
+            event("a fixed-time job moved out of a gap")
+        if local.fold:
+            assert not reference.fixed_time, local.isoformat()
+            event("a wall-clock job fired in a second fold")
         previous = fire
 
 
@@ -412,10 +484,18 @@ def test_s4_wildcard_job_skips_the_gap_and_runs_in_both_folds_berlin() -> None:
 @pytest.mark.parametrize("zone_name", sorted(S4_DAYS))
 @pytest.mark.parametrize("expression", ["30 2 * * *", "*/30 * * * *"])
 def test_s4_no_fire_time_is_a_non_existent_local_time(zone_name: str, expression: str) -> None:
+    """Fire times are UTC instants, so an imaginary local time (APScheduler #1059) cannot even
+    be expressed; and each one's local wall time, read back in the zone, is that same instant."""
+    zone = ZoneInfo(zone_name)
+    schedule = Cron(expression=expression, timezone=zone_name)
     for day in S4_DAYS[zone_name]:
-        for shown in _day_fires(expression, zone_name, day):
-            local = datetime.fromisoformat(shown)
-            assert _exists(local.astimezone(ZoneInfo(zone_name))), shown
+        after = datetime.fromisoformat(day).replace(tzinfo=zone).astimezone(UTC)
+        for fire in islice(fire_times(schedule, after), 60):
+            assert fire.tzinfo is UTC
+            wall = fire.astimezone(zone).replace(tzinfo=None)
+            assert _exists(wall.replace(tzinfo=zone)), wall
+            readings = {wall.replace(tzinfo=zone, fold=fold).astimezone(UTC) for fold in (0, 1)}
+            assert fire in readings
 
 
 @pytest.mark.parametrize("zone_name", sorted(S4_DAYS))

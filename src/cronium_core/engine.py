@@ -224,8 +224,8 @@ class RunEngine:
     async def _after_job(self, conn: AsyncConnection, job: Job) -> tuple[list[Job], str | None]:
         """Counters, conditional actions, workflow advance for a job that reached its end."""
         queued: list[Job] = []
-        await self._count_run(conn, job)
-        if job.trigger is not Trigger.WORKFLOW:
+        definition = await self._count_run(conn, job)
+        if job.trigger is not Trigger.WORKFLOW and definition.get("conditional_actions"):
             queued += await self._conditional_actions(conn, job)
         run_done = None
         if job.workflow_run_id and job.node_id:
@@ -246,7 +246,8 @@ class RunEngine:
                 run_done = job.workflow_run_id
         return queued, run_done
 
-    async def _count_run(self, conn: AsyncConnection, job: Job) -> None:
+    async def _count_run(self, conn: AsyncConnection, job: Job) -> dict[str, Any]:
+        """Count the run on its event; returns the event's stored definition ({} if gone)."""
         E = schema.events
         ok = job.status is JobStatus.SUCCEEDED
         row = (
@@ -263,7 +264,7 @@ class RunEngine:
             )
         ).first()
         if row is None:
-            return
+            return {}
         max_runs = row.definition.get("max_runs")
         if max_runs is not None and row.runs_total >= max_runs:
             definition = dict(row.definition, status=EventStatus.PAUSED.value)
@@ -272,6 +273,7 @@ class RunEngine:
                 .where(E.c.id == job.event_id)
                 .values(status=EventStatus.PAUSED.value, definition=definition, next_fire_time=None)
             )
+        return dict(row.definition)
 
     async def _conditional_actions(self, conn: AsyncConnection, job: Job) -> list[Job]:
         try:

@@ -166,13 +166,9 @@ class Interval(_Misfire):
                 "seconds", f"an interval must be at least 1 s, got {self.seconds}"
             )
         try:
-            step = timedelta(seconds=self.seconds)
+            timedelta(seconds=self.seconds)
         except (OverflowError, TypeError, ValueError):
             raise InvalidSchedule("seconds", f"{self.seconds!r} s is not a usable length") from None
-        if step < _SECOND:  # a float just under the microsecond resolution
-            raise InvalidSchedule(
-                "seconds", f"an interval must be at least 1 s, got {self.seconds}"
-            )
         if self.start is not None:
             object.__setattr__(self, "start", _aware(self.start, "start"))
 

@@ -66,6 +66,10 @@ class ExecutionClaims:
     expires_at: datetime
 
 
+def _key_map(keys: Mapping[str, str]) -> dict[str, str]:
+    return dict(keys)  # a copy: the caller's mapping may change, ours must not
+
+
 def _check_keys(
     instance: ExecutionTokens, _: attrs.Attribute[Mapping[str, str]], keys: Mapping[str, str]
 ) -> None:
@@ -95,9 +99,7 @@ def _time_claim(payload: Mapping[str, Any], name: str) -> float:
 class ExecutionTokens:
     """Mints and verifies execution tokens with a set of HS256 keys (``kid`` -> secret)."""
 
-    keys: Mapping[str, str] = attrs.field(
-        converter=dict, validator=_check_keys, repr=False
-    )
+    keys: Mapping[str, str] = attrs.field(converter=_key_map, validator=_check_keys, repr=False)
     current_kid: str = attrs.field(validator=_check_current)
     issuer: str = attrs.field(default="cronium", kw_only=True)
     audience: str = attrs.field(default="cronium-runtime", kw_only=True)

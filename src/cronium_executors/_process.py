@@ -187,7 +187,11 @@ def signal_name(number: int) -> str:
 
 def outcome_for(returncode: int | None) -> Outcome:
     if returncode is None:
-        return Outcome(exit_code=None, error="the job's exit status could not be learned")
+        # only a warm child whose zygote died mid-run: the zygote alone could reap it
+        return Outcome(
+            exit_code=None,
+            error="exit status unknown: the warm Python pool stopped while the job ran",
+        )
     if returncode < 0:
         return Outcome(
             exit_code=128 - returncode, error=f"killed by signal {signal_name(-returncode)}"

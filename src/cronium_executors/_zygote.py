@@ -2,13 +2,16 @@
 
 Run as ``python -s _zygote.py <control fd>`` by :mod:`cronium_executors._pyfork`; it uses the
 standard library only (plus the Cronium SDK, imported ahead so children start with it loaded).
+``-s``: its ``HOME`` is a shared temp directory, where a planted user site-packages must not
+be imported into every job (a cold job's ``HOME`` is its own fresh directory).
 
 Protocol, over the control socket (``SOCK_SEQPACKET``, one message per job): a JSON object
 ``{"argv": [...], "cwd": ..., "env": {...}}`` carrying four file descriptors: the child's
 stdin, stdout, stderr, and a reply socket. On the reply socket the zygote writes
 ``pid <pid>\\n`` once the child is forked, ``exit <wait status>\\n`` once it is reaped (or
 ``error <text>\\n`` when it could not fork), then closes it. The zygote sends ``ready`` on the
-control socket once it is ready, and exits when the control socket reaches its end.
+control socket once it is ready, and exits when the control socket reaches its end, killing
+the process groups of the children still running (their worker is gone).
 """
 
 from __future__ import annotations
@@ -63,9 +66,17 @@ class Zygote:
             for key, _ in self.selector.select():
                 if key.fileobj is self.control:
                     if not self.accept():
+                        pass
                         return
                 else:
                     self.reap()
+
+    def kill_children(self) -> None:
+        """The executor is gone (normally it ends its jobs first; here its worker died):
+        jobs nobody watches any more must not run on."""
+        for pid in self.replies:
+            with contextlib.suppress(OSError):
+                os.killpg(pid, signal.SIGKILL)
 
     def accept(self) -> bool:
         """Take one job request; False when the executor has gone."""

@@ -26,7 +26,7 @@ import contextlib
 import http
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -84,6 +84,14 @@ def _text(response: httpx.Response, body: bytes) -> str:
     except LookupError:
         encoding = "utf-8"
     return body.decode(encoding, errors="replace")
+
+
+def _redact(text: str, secrets: Iterable[str]) -> str:
+    for secret in secrets:
+        for form in {secret, repr(secret.encode())[2:-1], repr(secret)[1:-1]}:
+            if len(form) >= 4:
+                text = text.replace(form, "[redacted]")
+    return text
 
 
 def _reason(response: httpx.Response) -> str:
@@ -147,8 +155,10 @@ class HttpExecutor(Executor):
                     size += len(chunk)
                     if size >= limit:
                         break
-        except (httpx.HTTPError, httpx.InvalidURL) as exc:
-            error = f"{action.method} request failed: {type(exc).__name__}: {exc}"
+        except (httpx.HTTPError, httpx.InvalidURL, UnicodeEncodeError) as exc:
+            # a message may quote a header value it refused (h11 does): keep those out
+            detail = _redact(str(exc), action.headers.values())
+            error = f"{action.method} request failed: {type(exc).__name__}: {detail}"
             await emit(Stream.SYSTEM, error)
             return Outcome(exit_code=None, error=error)
         elapsed_ms = round((time.perf_counter() - started) * 1000)

@@ -2,8 +2,8 @@
 
 Each job gets:
 
-- a fresh directory, removed afterwards: ``work/`` (the working directory and ``HOME``),
-  ``tmp/`` (``TMPDIR``) and ``code/`` (the script file);
+- a fresh directory, removed afterwards: its working directory, ``HOME`` and ``TMPDIR``,
+  holding the script as ``.cronium-job.<sh|py|js>``;
 - an environment built from nothing but ``PATH``, ``HOME``, ``LANG=C.UTF-8``, ``TMPDIR``,
   ``PYTHONUNBUFFERED=1`` (so that output streams live) and the request's ``env``. The worker's
   own environment never reaches a job: it holds secrets such as the database URL;
@@ -28,13 +28,20 @@ Settings (the config mapping): ``python``, ``bash``, ``node`` (interpreter comma
 ``warm_python`` (bool, default true), ``path`` (the jobs' ``PATH``, default the worker's),
 ``work_root`` (where job directories are made, default the system temp dir).
 
+On start, the executor removes the job directories that workers killed before they could
+clean up left behind (the directory names carry the worker's pid). A worker that dies also
+takes its warm Python jobs along (the zygote kills them when its control socket ends);
+bash and node jobs, and Python jobs spawned cold, outlive it.
+
 The worker must reap orphans: when it runs as PID 1 of a container, start it with an init
 (``docker run --init``), or the zombies of the jobs' orphans pile up.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -60,9 +67,17 @@ from ._process import ColdProcess, JobProcess, run_to_end
 from ._pyfork import WarmPythonPool
 from ._sdk import SdkPaths, sdk_paths
 
-__all__ = ["LocalExecutor", "LocalSettings", "cronium_register_executors"]
+__all__ = [
+    "LocalExecutor",
+    "LocalSettings",
+    "cronium_register_executors",
+    "reap_stale_workspaces",
+]
+
+log = logging.getLogger(__name__)
 
 _SUFFIXES = {"bash": ".sh", "python": ".py", "node": ".js"}
+_WORKSPACE_NAME = re.compile(r"cronium-job-(\d+)-\w+")
 # $0 is the script, $1 the SDK: source the SDK, then the script, in the same shell
 _BASH_WITH_SDK = '. "$1" || exit 1; shift; . "$0"'
 
@@ -100,25 +115,18 @@ class LocalSettings:
 
 @attrs.frozen
 class _Workspace:
+    """The job's directory: its working directory, ``HOME`` and ``TMPDIR`` at once (one
+    directory is the cheapest to make and remove), holding the script as a hidden file."""
+
     root: Path
-
-    @property
-    def home(self) -> Path:
-        return self.root / "work"
-
-    @property
-    def tmp(self) -> Path:
-        return self.root / "tmp"
 
     @classmethod
     def create(cls, parent: str) -> _Workspace:
-        workspace = cls(Path(tempfile.mkdtemp(prefix="cronium-job-", dir=parent)))
-        for directory in (workspace.home, workspace.tmp, workspace.root / "code"):
-            directory.mkdir(mode=0o700)
-        return workspace
+        # the worker's pid in the name tells whose it is, see reap_stale_workspaces
+        return cls(Path(tempfile.mkdtemp(prefix=f"cronium-job-{os.getpid()}-", dir=parent)))
 
     def write_script(self, script: Script) -> Path:
-        path = self.root / "code" / f"job{_SUFFIXES[script.language]}"
+        path = self.root / f".cronium-job{_SUFFIXES[script.language]}"
         path.write_text(script.code, encoding="utf-8")
         return path
 
@@ -142,6 +150,37 @@ def _remove_tree(root: Path) -> None:
         shutil.rmtree(root, onexc=make_writable_and_retry)
     else:
         shutil.rmtree(root, onerror=make_writable_and_retry)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def reap_stale_workspaces(parent: str) -> list[Path]:
+    """Remove the job directories of workers that died before they could (``kill -9``, a
+    power cut). A directory is stale when the worker process named in it no longer runs."""
+    removed = []
+    uid = os.getuid()
+    with os.scandir(parent) as entries:
+        for entry in entries:
+            match = _WORKSPACE_NAME.fullmatch(entry.name)
+            if match is None or _pid_alive(int(match[1])):
+                continue
+            try:
+                if not entry.is_dir(follow_symlinks=False) or entry.stat().st_uid != uid:
+                    continue
+                _remove_tree(Path(entry.path))
+            except OSError as exc:
+                log.warning("cannot remove the stale job directory %s: %s", entry.path, exc)
+            else:
+                removed.append(Path(entry.path))
+    return removed
 
 
 def _prepend(env: dict[str, str], name: str, paths: Sequence[Path]) -> None:
@@ -168,6 +207,9 @@ class LocalExecutor(Executor):
         return self._pool.pid if self._pool is not None else None
 
     async def start(self, exit_stack: AsyncExitStack) -> None:
+        removed = await anyio.to_thread.run_sync(reap_stale_workspaces, self.settings.work_root)
+        if removed:
+            log.info("removed %d job directories of workers that died", len(removed))
         if self.settings.warm_python:
             root = self.settings.work_root
             pool = WarmPythonPool(
@@ -210,7 +252,7 @@ class LocalExecutor(Executor):
         workspace = _Workspace.create(self.settings.work_root)
         try:
             path = workspace.write_script(script)
-            env = self.job_env(str(workspace.home), str(workspace.tmp), request.env)
+            env = self.job_env(str(workspace.root), str(workspace.root), request.env)
             command = self._command(script, path)
             try:
                 process = await self._spawn(script, command, workspace, env)
@@ -228,7 +270,7 @@ class LocalExecutor(Executor):
     ) -> JobProcess:
         pool = self._pool
         if script.language == "python" and pool is not None and pool.accepts(env):
-            child = await pool.spawn(command[1:], str(workspace.home), env)
+            child = await pool.spawn(command[1:], str(workspace.root), env)
             if child is not None:
                 return child
         process = await anyio.open_process(
@@ -236,7 +278,7 @@ class LocalExecutor(Executor):
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            cwd=workspace.home,
+            cwd=workspace.root,
             env=env,
             start_new_session=True,
         )

@@ -1,0 +1,251 @@
+"""The runtime service: the logic behind the runtime API (ARCHITECTURE §9), free of any web
+framework. ``cronium_runtime`` puts HTTP around it; tests and other front ends call it directly.
+
+Every call starts with :meth:`RuntimeService.authorize`, which turns a bearer token and the
+execution id of the route into the running :class:`~cronium_core.jobs.Job` it may touch:
+
+- the token must verify (:class:`~cronium_core.tokens.ExecutionTokens`), else ``InvalidToken``;
+- the execution must be the token's own (``sub``), else ``ExecutionForbidden``;
+- the job must still be running the very attempt the token was minted for: its ``lease_id``
+  equals the token's ``jti``. An attempt that ended, or that the reaper handed to another
+  attempt, has no (or another) lease, so its token is refused at once: ``InvalidToken``.
+
+Writes are fenced on that same ``lease_id`` by the queue, so a token that passes
+:meth:`~RuntimeService.authorize` a moment before its job ends still writes nothing.
+
+Each execution gets a token bucket (:class:`RateLimiter`), in process; over it, ``RateLimited``.
+
+Variables, tool actions and metrics are a later slice: the HTTP layer answers 501 for them and
+:func:`check_variable_key` already holds the key rules of the wire contract.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+
+from .datastore import DataStore
+from .errors import ExecutionForbidden, InvalidToken, JobNotFound, RateLimited, ValidationError
+from .events import Action, HttpRequest, Script, ToolAction
+from .jobs import Job, JobStatus
+from .queue import JobQueue
+from .tokens import ExecutionTokens
+
+__all__ = ["RateLimiter", "RuntimeService", "check_json_value", "check_variable_key"]
+
+log = logging.getLogger("cronium.runtime")
+
+#: variable keys a script may not use: they would shadow what the runtime sets
+RESERVED_VARIABLE_PREFIXES = ("CRONIUM_", "SYSTEM_", "NODE_", "PATH", "HOME")
+MAX_VARIABLE_KEY = 200
+#: nesting deeper than this is refused before it reaches the store's JSON encoder
+MAX_JSON_DEPTH = 100
+
+
+@attrs.define(kw_only=True, eq=False)
+class RateLimiter:
+    """A token bucket per key: ``burst`` requests at once, refilled at ``rate`` per second.
+
+    In process and in memory: each runtime API process limits what it serves. Idle keys are
+    dropped once more than ``max_keys`` are held (a full bucket carries no information).
+    """
+
+    rate: float = 50.0
+    burst: float = 100.0
+    max_keys: int = 10_000
+    monotonic: Callable[[], float] = time.monotonic
+    _buckets: dict[str, tuple[float, float]] = attrs.field(init=False, factory=dict)
+
+    def __attrs_post_init__(self) -> None:
+        if self.rate <= 0 or self.burst < 1:
+            raise ValidationError("rate_limit", "rate must be positive and burst at least 1")
+
+    def acquire(self, key: str) -> float:
+        """Take one request from ``key``'s bucket: 0.0 when let in, else the seconds to wait."""
+        now = self.monotonic()
+        tokens, updated = self._buckets.get(key, (self.burst, now))
+        tokens = min(self.burst, tokens + max(0.0, now - updated) * self.rate)
+        if tokens >= 1.0:
+            self._buckets[key] = (tokens - 1.0, now)
+            wait = 0.0
+        else:
+            self._buckets[key] = (tokens, now)
+            wait = (1.0 - tokens) / self.rate
+        if len(self._buckets) > self.max_keys:
+            self._prune(now)
+        return wait
+
+    def _prune(self, now: float) -> None:
+        full_after = self.burst / self.rate
+        for key, (_, updated) in list(self._buckets.items()):
+            if now - updated >= full_after:
+                del self._buckets[key]
+        if len(self._buckets) > self.max_keys:  # all busy: forget the least recently seen
+            by_age = sorted(self._buckets, key=lambda k: self._buckets[k][1])
+            for key in by_age[: len(by_age) - self.max_keys // 2]:
+                del self._buckets[key]
+
+
+def check_variable_key(key: str) -> str:
+    """A variable key as the wire contract allows it, or ``ValidationError``."""
+    if not key or len(key) > MAX_VARIABLE_KEY or any(ord(c) < 32 for c in key):
+        raise ValidationError("key", f"must be 1-{MAX_VARIABLE_KEY} printable characters")
+    if key.upper().startswith(RESERVED_VARIABLE_PREFIXES):
+        raise ValidationError("key", f"may not start with {', '.join(RESERVED_VARIABLE_PREFIXES)}")
+    return key
+
+
+def check_json_value(value: Any, field: str) -> Any:
+    """``value`` if every store can keep it as JSON, else ``ValidationError``: strings
+    (keys too) must be valid Unicode without NUL (PostgreSQL's jsonb refuses ``\\u0000``),
+    numbers finite, nesting at most :data:`MAX_JSON_DEPTH` deep."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, str):
+            _check_text(item, field)
+        elif isinstance(item, bool) or item is None or isinstance(item, int):
+            continue
+        elif isinstance(item, float):
+            if not math.isfinite(item):
+                raise ValidationError(field, "numbers must be finite")
+        elif isinstance(item, list | tuple | dict):
+            if depth > MAX_JSON_DEPTH:
+                raise ValidationError(field, f"is nested deeper than {MAX_JSON_DEPTH} levels")
+            if isinstance(item, dict):
+                for key, child in item.items():
+                    if not isinstance(key, str):
+                        raise ValidationError(field, "object keys must be strings")
+                    _check_text(key, field)
+                    stack.append((child, depth + 1))
+            else:
+                stack.extend((child, depth + 1) for child in item)
+        else:
+            raise ValidationError(field, f"{type(item).__name__} is not a JSON value")
+    return value
+
+
+def _check_text(text: str, field: str) -> None:
+    if "\x00" in text:
+        raise ValidationError(field, "strings may not contain NUL characters")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValidationError(field, "strings must be valid Unicode (no lone surrogates)") from None
+
+
+def action_type(action: Action) -> str:
+    """What the context calls the event's type: the script language, ``http`` or ``tool``."""
+    if isinstance(action, Script):
+        return action.language
+    if isinstance(action, HttpRequest):
+        return "http"
+    if isinstance(action, ToolAction):
+        return "tool"
+    raise TypeError(f"unknown action {action!r}")  # pragma: no cover - Action is closed
+
+
+def _iso(value: Any) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+@attrs.define(eq=False)
+class RuntimeService:
+    """What a running script may read and write about its own execution."""
+
+    queue: JobQueue
+    store: DataStore
+    tokens: ExecutionTokens
+    #: ``None`` turns rate limiting off
+    limiter: RateLimiter | None = attrs.field(factory=RateLimiter, kw_only=True)
+
+    async def authorize(self, token: str | None, execution_id: str | None = None) -> Job:
+        """The running job the token may act on. ``execution_id`` is the one named by the
+        route; ``None`` for routes without one (tool actions): the token's own execution."""
+        try:
+            return await self._authorize(token, execution_id)
+        except (InvalidToken, ExecutionForbidden) as exc:
+            # RELIABILITY A1: each refusal is logged as an auth failure, never with the token
+            reason = exc.reason if isinstance(exc, InvalidToken) else "other execution"
+            shown = execution_id[:80] if execution_id is not None else None
+            log.warning("runtime API auth failure: %s (execution %r)", reason, shown)
+            raise
+
+    async def _authorize(self, token: str | None, execution_id: str | None) -> Job:
+        if not token:
+            raise InvalidToken("no token")
+        claims = self.tokens.verify(token)
+        if self.limiter is not None:
+            wait = self.limiter.acquire(claims.execution_id)
+            if wait > 0:
+                raise RateLimited(wait)
+        if execution_id is not None and claims.execution_id != execution_id:
+            raise ExecutionForbidden()
+        try:
+            job = await self.queue.get(claims.execution_id)
+        except JobNotFound:
+            raise InvalidToken("execution gone") from None
+        if job.status is not JobStatus.RUNNING or job.lease_id != claims.lease_id:
+            raise InvalidToken("attempt over (ended or re-claimed)")
+        return job
+
+    # -- the execution's own data ---------------------------------------------------
+
+    async def get_input(self, job: Job) -> Any:
+        return job.input if job.input is not None else {}
+
+    async def set_output(self, job: Job, data: Any) -> None:
+        check_json_value(data, "data")
+        if not await self.queue.set_output(job.id, _lease(job), data):
+            raise InvalidToken("attempt over (ended or re-claimed)")
+
+    async def get_condition(self, job: Job) -> bool:
+        return bool(job.condition)
+
+    async def set_condition(self, job: Job, condition: bool) -> None:
+        if not isinstance(condition, bool):
+            raise ValidationError("condition", "must be true or false")
+        if not await self.queue.set_condition(job.id, _lease(job), condition):
+            raise InvalidToken("attempt over (ended or re-claimed)")
+
+    async def context(self, job: Job) -> dict[str, Any]:
+        """What ``cronium.event()`` returns: the event, this execution, its workflow run."""
+        record = await self.store.get_event_record(job.event_id)
+        event = record.event
+        workflow = None
+        if job.workflow_run_id is not None:
+            workflow = {"run_id": job.workflow_run_id, "node_id": job.node_id}
+        return {
+            "event": {
+                "id": event.id,
+                "name": event.name,
+                "type": action_type(event.action),
+                "executor": job.executor,
+                "runs": {
+                    "total": record.runs_total,
+                    "succeeded": record.runs_succeeded,
+                    "failed": record.runs_failed,
+                },
+            },
+            "execution": {
+                "id": job.id,
+                "attempt": job.attempt,
+                "trigger": str(job.trigger),
+                "started_at": _iso(job.started_at),
+            },
+            "workflow": workflow,
+            # the SSH executor fills this in when it runs a job on a server
+            "server": None,
+            "user": {"id": event.owner},
+        }
+
+
+def _lease(job: Job) -> str:
+    if job.lease_id is None:
+        raise InvalidToken("attempt over (ended or re-claimed)")
+    return job.lease_id

@@ -1,0 +1,465 @@
+"""The runtime API over HTTP (ARCHITECTURE §9): a thin Starlette app around
+:class:`cronium_core.runtime.RuntimeService`.
+
+Handlers parse, call the service, serialize. Success is ``{"success": true, "data": ...}``;
+every error, ours or Starlette's, is ``{"success": false, "error": "<short>", "message": ...}``
+with the status of :func:`error_status` (one exception handler maps the core's error tree).
+A refused token always gets the same body, whatever the reason: the reason goes to the log,
+the token goes nowhere.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from contextlib import aclosing
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from cronium_core.errors import (
+    Conflict,
+    CroniumError,
+    ExecutionForbidden,
+    InvalidToken,
+    NotFound,
+    PayloadTooLarge,
+    RateLimited,
+    ValidationError,
+)
+from cronium_core.runtime import RuntimeService, check_variable_key
+
+__all__ = ["MAX_BODY", "OPENAPI", "create_app", "error_status"]
+
+log = logging.getLogger("cronium.runtime")
+
+MAX_BODY = 1024 * 1024
+#: what every refused token gets back, whatever the reason
+TOKEN_MESSAGE = "missing, invalid, expired or revoked execution token"
+
+
+def create_app(service: RuntimeService, *, max_body: int = MAX_BODY) -> Starlette:
+    """The runtime API app. ``max_body``: the largest request body taken, in bytes."""
+    api = _Handlers(service, max_body)
+    routes = [
+        Route("/health", _health, methods=["GET"]),
+        Route("/openapi.json", _openapi, methods=["GET"]),
+        Route("/executions/{id}/input", api.get_input, methods=["GET"]),
+        Route("/executions/{id}/output", api.set_output, methods=["POST"]),
+        Route("/executions/{id}/condition", api.get_condition, methods=["GET"]),
+        Route("/executions/{id}/condition", api.set_condition, methods=["POST"]),
+        Route("/executions/{id}/context", api.context, methods=["GET"]),
+        Route("/executions/{id}/variables/{key}", api.variable, methods=["GET", "PUT"]),
+        Route("/tool-actions/execute", api.execute_tool_action, methods=["POST"]),
+    ]
+    app = Starlette(
+        routes=routes,
+        exception_handlers={
+            CroniumError: _core_error,
+            HTTPException: _http_error,
+            Exception: _server_error,
+        },
+    )
+    app.state.runtime = service
+    return app
+
+
+# -- responses -----------------------------------------------------------------------
+
+
+def _ok(data: Any = None) -> JSONResponse:
+    return JSONResponse({"success": True, "data": data})
+
+
+def _error(
+    status: int, error: str, message: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    body = {"success": False, "error": error, "message": message}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def error_status(exc: CroniumError) -> tuple[int, str]:
+    """The HTTP status and short error code of a core error."""
+    for kind, status, code in _STATUSES:
+        if isinstance(exc, kind):
+            return status, code
+    return 500, "internal_error"
+
+
+_STATUSES: list[tuple[type[CroniumError], int, str]] = [
+    (InvalidToken, 401, "unauthorized"),
+    (ExecutionForbidden, 403, "forbidden"),
+    (PayloadTooLarge, 413, "payload_too_large"),
+    (ValidationError, 400, "bad_request"),
+    (NotFound, 404, "not_found"),
+    (Conflict, 409, "conflict"),
+    (RateLimited, 429, "rate_limited"),
+]
+
+
+async def _core_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, CroniumError)
+    status, code = error_status(exc)
+    headers: dict[str, str] = {}
+    message = str(exc)
+    if isinstance(exc, InvalidToken):
+        message = TOKEN_MESSAGE
+        headers["WWW-Authenticate"] = 'Bearer realm="cronium-runtime"'
+    elif isinstance(exc, RateLimited):
+        headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
+    elif status == 500:
+        log.error("runtime API: %s on %s %s", type(exc).__name__, request.method,
+                  request.url.path)  # fmt: skip
+        message = "internal error"
+    return _error(status, code, message, headers)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    return _error(exc.status_code, code, str(exc.detail), dict(exc.headers or {}))
+
+
+async def _server_error(request: Request, exc: Exception) -> Response:
+    return _error(500, "internal_error", "internal error")
+
+
+# -- request parsing -----------------------------------------------------------------
+
+
+def _bearer(request: Request) -> str | None:
+    header = request.headers.get("authorization")
+    if header is None:
+        return None
+    scheme, _, token = header.strip().partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    return token.strip() or None
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+async def _json_object(request: Request, max_body: int) -> dict[str, Any]:
+    length = request.headers.get("content-length")
+    if length is not None:
+        if not length.isdigit():
+            raise ValidationError("Content-Length", "is not a number")
+        if int(length) > max_body:
+            raise PayloadTooLarge(max_body)
+    body = bytearray()
+    # the declared length may be absent (chunked) or wrong: count what actually arrives
+    async with aclosing(request.stream()) as stream:
+        async for chunk in stream:
+            body += chunk
+            if len(body) > max_body:
+                raise PayloadTooLarge(max_body)
+    try:
+        value = json.loads(bytes(body), parse_constant=_refuse_constant)
+    except (ValueError, RecursionError):
+        raise ValidationError("body", "is not valid JSON") from None
+    if not isinstance(value, dict):
+        raise ValidationError("body", "must be a JSON object")
+    return value
+
+
+def _field(body: dict[str, Any], name: str) -> Any:
+    if name not in body:
+        raise ValidationError(name, "is required")
+    return body[name]
+
+
+# -- handlers ------------------------------------------------------------------------
+
+
+async def _health(request: Request) -> Response:
+    return _ok({"status": "ok"})
+
+
+async def _openapi(request: Request) -> Response:
+    return JSONResponse(OPENAPI)
+
+
+class _Handlers:
+    def __init__(self, service: RuntimeService, max_body: int) -> None:
+        self.service = service
+        self.max_body = max_body
+
+    async def _job(self, request: Request) -> Any:
+        return await self.service.authorize(_bearer(request), request.path_params["id"])
+
+    async def get_input(self, request: Request) -> Response:
+        job = await self._job(request)
+        return _ok(await self.service.get_input(job))
+
+    async def set_output(self, request: Request) -> Response:
+        job = await self._job(request)
+        body = await _json_object(request, self.max_body)
+        await self.service.set_output(job, _field(body, "data"))
+        return _ok()
+
+    async def get_condition(self, request: Request) -> Response:
+        job = await self._job(request)
+        return _ok(await self.service.get_condition(job))
+
+    async def set_condition(self, request: Request) -> Response:
+        job = await self._job(request)
+        body = await _json_object(request, self.max_body)
+        condition = _field(body, "condition")
+        if not isinstance(condition, bool):
+            raise ValidationError("condition", "must be true or false")
+        await self.service.set_condition(job, condition)
+        return _ok()
+
+    async def context(self, request: Request) -> Response:
+        job = await self._job(request)
+        return _ok(await self.service.context(job))
+
+    async def variable(self, request: Request) -> Response:
+        await self._job(request)
+        check_variable_key(request.path_params["key"])
+        return _error(501, "not_implemented", "variables arrive with the variables store")
+
+    async def execute_tool_action(self, request: Request) -> Response:
+        await self.service.authorize(_bearer(request))
+        body = await _json_object(request, self.max_body)
+        for name in ("tool", "action"):
+            if not isinstance(_field(body, name), str) or not body[name]:
+                raise ValidationError(name, "must be a non-empty string")
+        config = body.get("config", body.get("params", {}))
+        if not isinstance(config, dict):
+            raise ValidationError("config", "must be an object")
+        return _error(501, "not_implemented", "tool actions arrive with the tool plugins")
+
+
+# -- the OpenAPI document ------------------------------------------------------------
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/{name}"}
+
+
+def _success(data: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "description": "done",
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["success", "data"],
+                    "properties": {"success": {"const": True}, "data": data},
+                }
+            }
+        },
+    }
+
+
+def _errors(*statuses: int) -> dict[str, Any]:
+    return {str(s): _ref(f"responses/E{s}") for s in statuses}
+
+
+def _json_body(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"required": True, "content": {"application/json": {"schema": schema}}}
+
+
+_ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"},
+       "description": "the execution (job) id: CRONIUM_EXECUTION_ID"}  # fmt: skip
+_KEY = {"name": "key", "in": "path", "required": True,
+        "schema": {"type": "string", "minLength": 1, "maxLength": 200}}  # fmt: skip
+_AUTH = (401, 403, 429)
+_WRITE = (400, 401, 403, 413, 429)
+_ERROR_TEXT = {
+    400: "bad body: invalid JSON, a missing field or a wrong type",
+    401: "missing, invalid, expired or revoked execution token",
+    403: "the token belongs to another execution",
+    404: "not found",
+    413: "request body too large",
+    429: "too many requests from this execution",
+    501: "not implemented yet",
+}
+
+OPENAPI: dict[str, Any] = {
+    "openapi": "3.1.0",
+    "info": {
+        "title": "Cronium runtime API",
+        "version": "1",
+        "description": "What a running script may read and write about its own execution. "
+        "Authenticate with `Authorization: Bearer $CRONIUM_EXECUTION_TOKEN`.",
+    },
+    "security": [{"executionToken": []}],
+    "paths": {
+        "/health": {
+            "get": {
+                "summary": "liveness",
+                "security": [],
+                "responses": {"200": _success({"type": "object"})},
+            }
+        },
+        "/executions/{id}/input": {
+            "parameters": [_ID],
+            "get": {
+                "summary": "the execution's input ({} when none)",
+                "responses": {"200": _success({}), **_errors(*_AUTH)},
+            },
+        },
+        "/executions/{id}/output": {
+            "parameters": [_ID],
+            "post": {
+                "summary": "set the execution's output",
+                "requestBody": _json_body(
+                    {"type": "object", "required": ["data"], "properties": {"data": {}}}
+                ),
+                "responses": {"200": _success({"type": "null"}), **_errors(*_WRITE)},
+            },
+        },
+        "/executions/{id}/condition": {
+            "parameters": [_ID],
+            "get": {
+                "summary": "the condition the script set (false when unset)",
+                "responses": {"200": _success({"type": "boolean"}), **_errors(*_AUTH)},
+            },
+            "post": {
+                "summary": "set the condition that ON_CONDITION edges test",
+                "requestBody": _json_body(
+                    {
+                        "type": "object",
+                        "required": ["condition"],
+                        "properties": {"condition": {"type": "boolean"}},
+                    }
+                ),
+                "responses": {"200": _success({"type": "null"}), **_errors(*_WRITE)},
+            },
+        },
+        "/executions/{id}/context": {
+            "parameters": [_ID],
+            "get": {
+                "summary": "the event, this execution, its workflow run, server and user",
+                "responses": {
+                    "200": _success(_ref("schemas/Context")),
+                    **_errors(*_AUTH, 404),
+                },
+            },
+        },
+        "/executions/{id}/variables/{key}": {
+            "parameters": [_ID, _KEY],
+            "get": {
+                "summary": "a variable (not implemented yet)",
+                "responses": {
+                    "200": _success(_ref("schemas/Variable")),
+                    **_errors(400, *_AUTH, 404, 501),
+                },
+            },
+            "put": {
+                "summary": "set a variable (not implemented yet)",
+                "requestBody": _json_body(
+                    {"type": "object", "required": ["value"], "properties": {"value": {}}}
+                ),
+                "responses": {"200": _success({"type": "null"}), **_errors(*_WRITE, 501)},
+            },
+        },
+        "/tool-actions/execute": {
+            "post": {
+                "summary": "run a tool action (not implemented yet)",
+                "requestBody": _json_body(
+                    {
+                        "type": "object",
+                        "required": ["tool", "action"],
+                        "properties": {
+                            "tool": {"type": "string", "minLength": 1},
+                            "action": {"type": "string", "minLength": 1},
+                            "config": {"type": "object"},
+                            "params": {"type": "object", "description": "synonym of config"},
+                        },
+                    }
+                ),
+                "responses": {"200": _success({}), **_errors(*_WRITE, 501)},
+            }
+        },
+    },
+    "components": {
+        "securitySchemes": {
+            "executionToken": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
+        },
+        "schemas": {
+            "Error": {
+                "type": "object",
+                "required": ["success", "error", "message"],
+                "properties": {
+                    "success": {"const": False},
+                    "error": {"type": "string"},
+                    "message": {"type": "string"},
+                },
+            },
+            "Variable": {
+                "type": "object",
+                "required": ["key", "value"],
+                "properties": {"key": {"type": "string"}, "value": {}},
+            },
+            "Context": {
+                "type": "object",
+                "required": ["event", "execution", "workflow", "server", "user"],
+                "properties": {
+                    "event": {
+                        "type": "object",
+                        "required": ["id", "name", "type", "executor", "runs"],
+                        "properties": {
+                            "id": {"type": "string"},
+                            "name": {"type": "string"},
+                            "type": {"enum": ["bash", "python", "node", "http", "tool"]},
+                            "executor": {"type": "string"},
+                            "runs": {
+                                "type": "object",
+                                "properties": {
+                                    "total": {"type": "integer"},
+                                    "succeeded": {"type": "integer"},
+                                    "failed": {"type": "integer"},
+                                },
+                            },
+                        },
+                    },
+                    "execution": {
+                        "type": "object",
+                        "required": ["id", "attempt", "trigger", "started_at"],
+                        "properties": {
+                            "id": {"type": "string"},
+                            "attempt": {"type": "integer", "minimum": 1},
+                            "trigger": {"type": "string"},
+                            "started_at": {"type": ["string", "null"], "format": "date-time"},
+                        },
+                    },
+                    "workflow": {
+                        "type": ["object", "null"],
+                        "properties": {
+                            "run_id": {"type": "string"},
+                            "node_id": {"type": ["string", "null"]},
+                        },
+                    },
+                    "server": {"type": ["object", "null"]},
+                    "user": {
+                        "type": "object",
+                        "required": ["id"],
+                        "properties": {"id": {"type": "string"}},
+                    },
+                },
+            },
+        },
+        "responses": {
+            f"E{status}": {
+                "description": text,
+                "content": {"application/json": {"schema": _ref("schemas/Error")}},
+                **(
+                    {"headers": {"Retry-After": {"schema": {"type": "integer"}}}}
+                    if status == 429
+                    else {}
+                ),
+            }
+            for status, text in _ERROR_TEXT.items()
+        },
+    },
+}
