@@ -125,7 +125,7 @@ class ModelJob:
     """What the queue should hold for one job, kept by the model alone."""
 
     id: str
-    event: Event
+    event: Event = attrs.field(repr=lambda e: e.name)
     priority: int
     created_at: datetime
     run_after: datetime

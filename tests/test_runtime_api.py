@@ -15,6 +15,7 @@ import attrs
 import httpx
 import jwt
 import pytest
+from starlette.routing import Route
 
 from cronium_core import Event, FakeClock, Job, JobStatus, RetryPolicy, Script
 from cronium_core.broker import LocalBroker
@@ -130,6 +131,30 @@ async def test_health_and_openapi(rt: Runtime) -> None:
     assert ok(await rt.call("GET", "/health")) == {"status": "ok"}
     doc = (await rt.call("GET", "/openapi.json")).json()
     assert doc == json.loads(json.dumps(OPENAPI)) and doc["openapi"] == "3.1.0"
+    # every route is described with its methods, and every reference resolves
+    app = create_app(rt.service)
+    served = {
+        (route.path, method.lower())
+        for route in app.routes
+        if isinstance(route, Route) and route.path != "/openapi.json"
+        for method in route.methods or ()
+        if method != "HEAD"
+    }
+    described = {
+        (path, m) for path, item in doc["paths"].items() for m in item if m != "parameters"
+    }
+    assert described == served
+
+    def refs(node: Any) -> list[str]:
+        if isinstance(node, dict):
+            own = [node["$ref"]] if "$ref" in node else []
+            return own + [r for v in node.values() for r in refs(v)]
+        return [r for v in node for r in refs(v)] if isinstance(node, list) else []
+
+    for ref in refs(doc):
+        target = doc
+        for part in ref.removeprefix("#/").split("/"):
+            target = target[part]
 
 
 async def test_input_output_condition(rt: Runtime) -> None:

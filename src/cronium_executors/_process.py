@@ -213,10 +213,14 @@ async def run_to_end(process: JobProcess, *, kill_grace: float, emit: LogSink) -
         nonlocal last_output
         last_output = anyio.current_time()
 
+    async def emit_noted(stream: Stream, text: str) -> None:
+        await emit(stream, text)
+        note_output()  # a slow sink is progress too, not an idle pipe
+
     async def pump(source: ByteReceiveStream, stream: Stream) -> None:
         nonlocal pumps_done
         try:
-            await pump_lines(source, stream, emit, note_output)
+            await pump_lines(source, stream, emit_noted, note_output)
         finally:
             pumps_done += 1
             if pumps_done == 2:

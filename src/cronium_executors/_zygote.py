@@ -66,7 +66,7 @@ class Zygote:
             for key, _ in self.selector.select():
                 if key.fileobj is self.control:
                     if not self.accept():
-                        pass
+                        self.kill_children()
                         return
                 else:
                     self.reap()

@@ -29,7 +29,8 @@ Settings (the config mapping): ``python``, ``bash``, ``node`` (interpreter comma
 ``work_root`` (where job directories are made, default the system temp dir).
 
 On start, the executor removes the job directories that workers killed before they could
-clean up left behind (the directory names carry the worker's pid). A worker that dies also
+clean up left behind (the directory names carry the worker's pid, so ``work_root`` must not
+be shared with workers in another PID namespace, another container). A worker that dies also
 takes its warm Python jobs along (the zygote kills them when its control socket ends);
 bash and node jobs, and Python jobs spawned cold, outlive it.
 
@@ -131,7 +132,10 @@ class _Workspace:
         return path
 
     def remove(self) -> None:
-        _remove_tree(self.root)
+        try:
+            _remove_tree(self.root)
+        except OSError as exc:  # the job's outcome matters more than its litter
+            log.warning("cannot remove the job directory %s: %s", self.root, exc)
 
 
 def _remove_tree(root: Path) -> None:
@@ -207,6 +211,7 @@ class LocalExecutor(Executor):
         return self._pool.pid if self._pool is not None else None
 
     async def start(self, exit_stack: AsyncExitStack) -> None:
+        os.makedirs(self.settings.work_root, mode=0o700, exist_ok=True)
         removed = await anyio.to_thread.run_sync(reap_stale_workspaces, self.settings.work_root)
         if removed:
             log.info("removed %d job directories of workers that died", len(removed))
@@ -249,17 +254,21 @@ class LocalExecutor(Executor):
             return Outcome(
                 exit_code=None, error=f"the local executor cannot run {script.kind} actions"
             )
-        workspace = _Workspace.create(self.settings.work_root)
         try:
-            path = workspace.write_script(script)
+            workspace = _Workspace.create(self.settings.work_root)
+        except OSError as exc:
+            return await _not_started(emit, f"cannot make the job directory: {exc}")
+        try:
+            try:
+                path = workspace.write_script(script)
+            except OSError as exc:
+                return await _not_started(emit, f"cannot write the script: {exc}")
             env = self.job_env(str(workspace.root), str(workspace.root), request.env)
             command = self._command(script, path)
             try:
                 process = await self._spawn(script, command, workspace, env)
             except OSError as exc:
-                error = f"cannot start {command[0]}: {exc.strerror or exc}"
-                await emit(Stream.SYSTEM, error)
-                return Outcome(exit_code=None, error=error)
+                return await _not_started(emit, f"cannot start {command[0]}: {exc.strerror or exc}")
             return await run_to_end(process, kill_grace=request.kill_grace, emit=emit)
         finally:
             with anyio.CancelScope(shield=True):
@@ -283,6 +292,11 @@ class LocalExecutor(Executor):
             start_new_session=True,
         )
         return ColdProcess(process)
+
+
+async def _not_started(emit: LogSink, error: str) -> Outcome:
+    await emit(Stream.SYSTEM, error)
+    return Outcome(exit_code=None, error=error)
 
 
 @hookimpl

@@ -32,6 +32,7 @@ from cronium_core.errors import (
     RateLimited,
     ValidationError,
 )
+from cronium_core.jobs import Job
 from cronium_core.runtime import RuntimeService, check_variable_key
 
 __all__ = ["MAX_BODY", "OPENAPI", "create_app", "error_status"]
@@ -149,7 +150,7 @@ def _refuse_constant(name: str) -> Any:
 async def _json_object(request: Request, max_body: int) -> dict[str, Any]:
     length = request.headers.get("content-length")
     if length is not None:
-        if not length.isdigit():
+        if not (length.isascii() and length.isdigit()):
             raise ValidationError("Content-Length", "is not a number")
         if int(length) > max_body:
             raise PayloadTooLarge(max_body)
@@ -191,7 +192,7 @@ class _Handlers:
         self.service = service
         self.max_body = max_body
 
-    async def _job(self, request: Request) -> Any:
+    async def _job(self, request: Request) -> Job:
         return await self.service.authorize(_bearer(request), request.path_params["id"])
 
     async def get_input(self, request: Request) -> Response:
@@ -211,10 +212,7 @@ class _Handlers:
     async def set_condition(self, request: Request) -> Response:
         job = await self._job(request)
         body = await _json_object(request, self.max_body)
-        condition = _field(body, "condition")
-        if not isinstance(condition, bool):
-            raise ValidationError("condition", "must be true or false")
-        await self.service.set_condition(job, condition)
+        await self.service.set_condition(job, _field(body, "condition"))
         return _ok()
 
     async def context(self, request: Request) -> Response:
