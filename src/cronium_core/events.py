@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
 import attrs
@@ -31,6 +31,10 @@ _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 _RESERVED_ENV_PREFIXES = ("CRONIUM_",)
 
 
+def _int_tuple(values: Iterable[int]) -> tuple[int, ...]:
+    return tuple(int(v) for v in values)
+
+
 @attrs.frozen(kw_only=True)
 class Script:
     kind = "script"
@@ -54,7 +58,7 @@ class HttpRequest:
     headers: Mapping[str, str] = attrs.field(factory=dict)
     body: str | None = None
     #: statuses that count as success; empty means any 2xx
-    expected_status: tuple[int, ...] = attrs.field(default=(), converter=tuple)
+    expected_status: tuple[int, ...] = attrs.field(default=(), converter=_int_tuple)
     timeout: float = 30.0
 
     def __attrs_post_init__(self) -> None:
@@ -132,6 +136,10 @@ class ConditionalAction:
     run_event: str
 
 
+def _actions_tuple(values: Iterable[ConditionalAction]) -> tuple[ConditionalAction, ...]:
+    return tuple(values)
+
+
 def _check_env(_: object, __: attrs.Attribute[Mapping[str, str]], env: Mapping[str, str]) -> None:
     for name, value in env.items():
         if not _ENV_NAME.match(name):
@@ -169,7 +177,9 @@ class Event:
     #: the event pauses itself after this many runs
     max_runs: int | None = None
     priority: int = 0
-    conditional_actions: tuple[ConditionalAction, ...] = attrs.field(default=(), converter=tuple)
+    conditional_actions: tuple[ConditionalAction, ...] = attrs.field(
+        default=(), converter=_actions_tuple
+    )
 
     def __attrs_post_init__(self) -> None:
         if not 0 < self.timeout <= 7 * 86400:

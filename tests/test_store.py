@@ -1,0 +1,171 @@
+"""The data store: schema versions and migrations, events and workflows CRUD, marshalling."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from datetime import UTC, datetime
+
+import attrs
+import pytest
+import sqlalchemy as sa
+from hypothesis import given
+from hypothesis import strategies as st
+
+from cronium_core import (
+    Conflict,
+    Cron,
+    Event,
+    EventNotFound,
+    EventStatus,
+    HttpRequest,
+    Interval,
+    Node,
+    Once,
+    RetryPolicy,
+    SchemaVersionError,
+    Script,
+    ValidationError,
+    Workflow,
+)
+from cronium_core import schema
+from cronium_core.datastore import DataStore, normalize_url
+from cronium_core.marshal import event_from_dict, event_to_dict
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+async def store(db_url: str) -> AsyncIterator[DataStore]:
+    async with AsyncExitStack() as stack:
+        store = DataStore(url=db_url)
+        await store.start(stack, upgrade=True)
+        yield store
+
+
+async def test_schema_version_is_checked(sqlite_url: str) -> None:
+    store = DataStore(url=sqlite_url)
+    async with AsyncExitStack() as stack:
+        with pytest.raises(SchemaVersionError, match="cronium db upgrade"):
+            await store.start(stack)  # an empty database: refused, not silently created
+        assert await schema.upgrade(store.engine) == [1]
+        assert await schema.upgrade(store.engine) == []  # idempotent
+        await schema.check_schema(store.engine)
+        async with store.begin() as conn:
+            await conn.execute(sa.update(schema.meta).values(value=str(schema.SCHEMA_VERSION + 1)))
+        with pytest.raises(SchemaVersionError, match="newer than this Cronium"):
+            await schema.check_schema(store.engine)
+        await store.engine.dispose()
+
+
+@pytest.mark.postgres
+async def test_concurrent_upgrades_on_postgres(pg_server: object) -> None:
+    from tests.pg import PostgresServer
+
+    assert isinstance(pg_server, PostgresServer)
+    name = f"upgrade_{datetime.now(UTC):%H%M%S%f}"
+    pg_server.create_database(name)
+    try:
+        import anyio
+
+        stores = [DataStore(url=pg_server.url_for(name)) for _ in range(4)]
+        results: list[list[int]] = []
+
+        async def up(s: DataStore) -> None:
+            results.append(await schema.upgrade(s.engine))
+
+        async with anyio.create_task_group() as tg:
+            for s in stores:
+                tg.start_soon(up, s)
+        assert sorted(map(len, results)) == [0, 0, 0, 1]  # the advisory lock let one do it
+        for s in stores:
+            await s.engine.dispose()
+    finally:
+        pg_server.drop_database(name)
+
+
+async def test_event_crud_and_conflicts(store: DataStore) -> None:
+    ev = await store.add_event(
+        Event(name="e", action=Script(language="bash", code="echo hi"),
+              schedule=Cron(expression="0 3 * * *", timezone="Europe/Berlin"))
+    )  # fmt: skip
+    assert ev.id
+    rec = await store.get_event_record(ev.id)
+    assert rec.event == ev and rec.runs_total == 0
+    assert rec.next_fire_time is not None and rec.next_fire_time.tzinfo is not None
+    with pytest.raises(Conflict, match="already exists"):
+        await store.add_event(Event(name="e", action=Script(language="bash", code="true")))
+    paused = await store.update_event(attrs.evolve(ev, status=EventStatus.PAUSED))
+    assert (await store.get_event_record(paused.id)).next_fire_time is None
+    assert (await store.find_event("e")).id == ev.id
+    await store.remove_event(ev.id)
+    with pytest.raises(EventNotFound):
+        await store.get_event(ev.id)
+
+
+async def test_workflow_refers_to_stored_events(store: DataStore) -> None:
+    ev = await store.add_event(Event(name="a", action=Script(language="bash", code="true")))
+    wf = await store.add_workflow(Workflow(name="w", nodes=[Node(id="n", event_id=ev.id)]))
+    assert await store.get_workflow(wf.id) == wf
+    assert await store.get_workflow("w") == wf
+    with pytest.raises(EventNotFound):
+        await store.add_workflow(Workflow(name="x", nodes=[Node(id="n", event_id="missing")]))
+
+
+def test_urls_are_normalized() -> None:
+    assert normalize_url("sqlite:///x.db") == "sqlite+aiosqlite:///x.db"
+    assert normalize_url("postgresql://u@h/db") == "postgresql+asyncpg://u@h/db"
+    assert normalize_url("postgres://u@h/db") == "postgresql+asyncpg://u@h/db"
+
+
+def test_bad_input_names_the_field() -> None:
+    with pytest.raises(ValidationError, match="language"):
+        Script(language="ruby", code="")  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match="url"):
+        HttpRequest(url="ftp://x")
+    with pytest.raises(ValidationError, match="env.CRONIUM_X"):
+        Event(name="x", action=Script(language="bash", code=""), env={"CRONIUM_X": "1"})
+    with pytest.raises(ValidationError, match="env.1BAD"):
+        Event(name="x", action=Script(language="bash", code=""), env={"1BAD": "1"})
+    with pytest.raises(ValidationError, match="schedule.kind"):
+        event_from_dict(
+            {
+                "name": "x",
+                "action": {"kind": "script", "language": "bash", "code": ""},
+                "schedule": {"kind": "weekly"},
+            }
+        )
+    with pytest.raises(ValidationError, match="action"):
+        event_from_dict({"name": "x", "action": {"kind": "script", "language": "bash", "cod": ""}})
+
+
+names = st.text(st.characters(min_codepoint=32, max_codepoint=0x2FFF), min_size=1, max_size=40)
+schedules = st.one_of(
+    st.builds(Interval, seconds=st.integers(1, 10**6).map(float)),
+    st.sampled_from(["* * * * *", "*/5 1-3 * * 1-5", "0 0 1 1 *", "30 2 * * *"]).flatmap(
+        lambda e: st.sampled_from(["UTC", "Europe/Berlin", "America/New_York"]).map(
+            lambda z: Cron(expression=e, timezone=z)
+        )
+    ),
+    st.datetimes(timezones=st.just(UTC)).map(lambda d: Once(at=d)),
+)
+
+
+@given(
+    name=names.filter(str.strip),
+    code=st.text(max_size=200).filter(lambda c: "\x00" not in c),
+    language=st.sampled_from(["bash", "python", "node"]),
+    schedule=schedules,
+    attempts=st.integers(1, 100),
+    env=st.dictionaries(st.from_regex(r"[A-Z_][A-Z0-9_]{0,10}", fullmatch=True).filter(
+        lambda n: not n.startswith("CRONIUM_")), st.text(max_size=20).filter(
+        lambda v: "\x00" not in v), max_size=3),
+)  # fmt: skip
+def test_event_marshalling_round_trips(
+    name: str, code: str, language: str, schedule: object, attempts: int, env: dict[str, str]
+) -> None:
+    ev = Event(
+        name=name, action=Script(language=language, code=code),  # type: ignore[arg-type]
+        schedule=schedule, retry=RetryPolicy(max_attempts=attempts), env=env,  # type: ignore[arg-type]
+    )  # fmt: skip
+    assert event_from_dict(event_to_dict(ev)) == ev
