@@ -223,12 +223,16 @@ async def test_variables_and_tool_actions_are_not_implemented_yet(rt: Runtime) -
     # the token is checked first, and the contract's key rules already hold
     unauthorized(await rt.call("GET", path))
     unauthorized(await rt.call("POST", "/tool-actions/execute", json={"tool": "t"}))
-    refused(await rt.call("GET", f"/executions/{job.id}/variables/CRONIUM_X", token),
-            400, "bad_request")  # fmt: skip
-    for bad in ({"action": "send"}, {"tool": "", "action": "a"}, {"tool": "t", "action": "a",
-                "config": [1]}):  # fmt: skip
-        refused(await rt.call("POST", "/tool-actions/execute", token, json=bad),
-                400, "bad_request")  # fmt: skip
+    reserved = f"/executions/{job.id}/variables/CRONIUM_X"
+    refused(await rt.call("GET", reserved, token), 400, "bad_request")
+    bad_bodies: list[dict[str, Any]] = [
+        {"action": "send"},
+        {"tool": "", "action": "a"},
+        {"tool": "t", "action": "a", "config": [1]},
+    ]
+    for bad in bad_bodies:
+        response = await rt.call("POST", "/tool-actions/execute", token, json=bad)
+        refused(response, 400, "bad_request")
 
 
 async def test_unknown_routes_keep_the_error_shape(rt: Runtime) -> None:

@@ -13,9 +13,11 @@ from __future__ import annotations
 import builtins
 import logging
 import math
+import os
 from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import AsyncExitStack
 from datetime import datetime
+from functools import partial
 from types import TracebackType
 from typing import Any
 
@@ -32,7 +34,9 @@ from .executors import Executor
 from .jobs import Job, JobStatus, LogLine, Trigger
 from .plugins import load_executors, make_plugin_manager
 from .queue import JobQueue
+from .runtime import RuntimeService, parse_keys, runtime_env
 from .scheduler import FireRecord, Scheduler
+from .tokens import ExecutionTokens, generate_key
 from .worker import Worker
 from .workflows import Workflow
 
@@ -63,6 +67,10 @@ class Cronium:
         upgrade: bool = True,
         distributed_broker: bool = True,
         worker_id: str | None = None,
+        runtime: bool = True,
+        runtime_host: str = "127.0.0.1",
+        runtime_port: int = 0,
+        runtime_keys: str | None = None,
     ) -> None:
         self.store = DataStore(url=url, clock=clock or SystemClock())
         self.queue = JobQueue(store=self.store, lease_seconds=lease_seconds)
@@ -83,6 +91,16 @@ class Cronium:
         self._load_entry_points = load_entry_points
         self._upgrade = upgrade
         self._worker_id = worker_id
+        self._want_runtime = runtime
+        self._runtime_host = runtime_host
+        self._runtime_port = runtime_port
+        keys, kid = parse_keys(
+            runtime_keys or os.environ.get("CRONIUM_RUNTIME_KEYS") or "k0:" + generate_key()
+        )
+        self.tokens = ExecutionTokens(keys, kid, clock=self.store.clock)
+        self.runtime = RuntimeService(self.queue, self.store, self.tokens)
+        #: the runtime API's base URL once it is served (worker with a runtime server plugin)
+        self.runtime_url: str | None = None
         self._stack: AsyncExitStack | None = None
         self.executors: dict[str, Executor] = {}
         self.worker: Worker | None = None
@@ -112,6 +130,12 @@ class Cronium:
                     await self.executors[name].start(stack)
             tg = await stack.enter_async_context(anyio.create_task_group())
             stack.push_async_callback(self._stop_background, tg)
+            server = pm.hook.cronium_runtime_server() if self._want_runtime else None
+            if self._want_worker and server is not None:
+                self.runtime_url = await tg.start(
+                    partial(server, self.runtime, host=self._runtime_host, port=self._runtime_port),
+                    name="cronium runtime API",
+                )
             if self._want_worker:
                 worker_kwargs: dict[str, Any] = {}
                 if self._worker_id:
@@ -122,6 +146,9 @@ class Cronium:
                     max_jobs=self._max_jobs,
                     poll_interval=self._poll_interval,
                     reap_interval=self._reap_interval,
+                    runtime_env=runtime_env(self.runtime_url, self.tokens)
+                    if self.runtime_url
+                    else None,
                     **worker_kwargs,
                 )
                 await tg.start(self.worker.run, name="cronium worker")

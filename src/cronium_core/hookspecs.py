@@ -15,6 +15,7 @@ import pluggy
 
 if TYPE_CHECKING:
     from .plugins import ExecutorRegistry
+    from .runtime import RuntimeServer
 
 PROJECT = "cronium"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -24,3 +25,9 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 @hookspec
 def cronium_register_executors(register: ExecutorRegistry) -> None:
     """Add executor classes: ``register.add(name, cls)``; ``cls(config)`` builds one."""
+
+
+@hookspec(firstresult=True)
+def cronium_runtime_server() -> RuntimeServer | None:
+    """Return the function that serves the runtime API for a worker in this process
+    (``cronium_runtime`` provides one). Without it, scripts get no runtime API."""

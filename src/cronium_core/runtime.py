@@ -25,7 +25,9 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
+
+from anyio.abc import TaskStatus
 
 import attrs
 
@@ -249,3 +251,39 @@ def _lease(job: Job) -> str:
     if job.lease_id is None:
         raise InvalidToken("attempt over (ended or re-claimed)")
     return job.lease_id
+
+
+class RuntimeServer(Protocol):
+    """Serves the runtime API of ``service`` until cancelled; reports its base URL through
+    ``task_status`` once it listens."""
+
+    async def __call__(
+        self,
+        service: RuntimeService,
+        *,
+        host: str,
+        port: int,
+        task_status: TaskStatus[str] = ...,
+    ) -> None: ...
+
+
+def parse_keys(spec: str) -> tuple[dict[str, str], str]:
+    """``"kid1:secret1,kid0:secret0"`` (the first is used to sign) -> (keys, current kid)."""
+    keys: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in spec.split(","))):
+        kid, sep, secret = item.partition(":")
+        if not sep or not kid or not secret:
+            raise ValidationError("runtime_keys", "expected kid:secret[,kid:secret...]")
+        keys[kid] = secret
+    if not keys:
+        raise ValidationError("runtime_keys", "no key given")
+    return keys, next(iter(keys))
+
+
+def runtime_env(url: str, tokens: ExecutionTokens) -> Callable[[Job], dict[str, str]]:
+    """For ``Worker.runtime_env``: the API's URL and a token for the job's current attempt."""
+
+    def env(job: Job) -> dict[str, str]:
+        return {"CRONIUM_RUNTIME_API": url, "CRONIUM_EXECUTION_TOKEN": tokens.mint(job)}
+
+    return env

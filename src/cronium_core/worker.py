@@ -163,8 +163,12 @@ class Worker:
         flush_lock = anyio.Lock()
 
         async def flush() -> None:
-            async with flush_lock:  # one writer per job keeps sequence numbers in order
-                await self._flush(job, lines)
+            # shielded: a batch taken from `lines` must reach the store even when the
+            # flusher is cancelled mid-write at the job's end; one writer per job keeps
+            # sequence numbers in order
+            with anyio.CancelScope(shield=True):
+                async with flush_lock:
+                    await self._flush(job, lines)
 
         try:
             async with anyio.create_task_group() as tg:

@@ -22,6 +22,7 @@ import logging
 import signal
 import sys
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -84,7 +85,8 @@ def print_job(job: Job, name: str = "") -> None:
 def print_run(run: WorkflowRun, names: dict[str, str] | None = None) -> None:
     dur = f"{run.duration:.2f}s" if run.duration is not None else "-"
     print(f"workflow run {run.id}: {run.status} in {dur}", flush=True)
-    for node_id, node in run.nodes.items():
+    far = datetime.max.replace(tzinfo=UTC)
+    for node_id, node in sorted(run.nodes.items(), key=lambda kv: kv[1].started_at or far):
         ndur = f"{node.duration:.2f}s" if node.duration is not None else ""
         out = f"  output={json.dumps(node.output)}" if node.output not in (None, {}) else ""
         print(f"  {node_id:<12} {node.status:<10} {ndur:>7}{out}", flush=True)
