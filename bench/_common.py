@@ -25,8 +25,8 @@ from tests.pg import PostgresServer
 
 __all__ = [
     "RESULTS_DIR",
-    "format_table",
     "describe_machine",
+    "format_table",
     "machine_info",
     "package_versions",
     "percentiles",
@@ -54,7 +54,9 @@ def postgres_server() -> Iterator[PostgresServer]:
         server.stop()
 
 
-def percentiles(values: Sequence[float], points: Sequence[float] = (50, 90, 99)) -> dict[str, float]:
+def percentiles(
+    values: Sequence[float], points: Sequence[float] = (50, 90, 99)
+) -> dict[str, float]:
     """``{"p50": …, "p90": …, …}`` by linear interpolation between the closest ranks; NaN when
     ``values`` is empty."""
     ordered = sorted(values)
@@ -85,23 +87,28 @@ def format_table(
 
     def line(row: Sequence[str]) -> str:
         padded = (
-            c.ljust(w) if a == "l" else c.rjust(w) for c, w, a in zip(row, widths, align, strict=True)
+            c.ljust(w) if a == "l" else c.rjust(w)
+            for c, w, a in zip(row, widths, align, strict=True)
         )
         return "| " + " | ".join(padded) + " |"
 
-    rule = "|" + "|".join(
-        "-" * (w + 1) + ":" if a == "r" else ":" + "-" * (w + 1)
-        for w, a in zip(widths, align, strict=True)
-    ) + "|"
+    rule = (
+        "|"
+        + "|".join(
+            "-" * (w + 1) + ":" if a == "r" else ":" + "-" * (w + 1)
+            for w, a in zip(widths, align, strict=True)
+        )
+        + "|"
+    )
     return "\n".join([line(cells[0]), rule, *(line(r) for r in cells[1:])])
 
 
 def _cell(value: Any) -> str:
     if value is None:
-        return "–"
+        return "-"
     if isinstance(value, float):
         if math.isnan(value):
-            return "–"
+            return "-"
         if abs(value) >= 100:
             return f"{value:,.0f}"
         return f"{value:.2f}"

@@ -21,7 +21,7 @@ What each system does (see ``docs/benchmarks.md`` for the discussion):
   own asyncpg connection, ``run(batch_size=10, mode=drain)`` — the shape of PgQueuer's own
   benchmark tool. PgQueuer buffers completions and writes them in batches.
 
-"Workers" in a layout ``P×C`` means P processes with C concurrent consumers each.
+"Workers" in a layout ``PxC`` means P processes with C concurrent consumers each.
 
 Run from the project root::
 
@@ -51,6 +51,7 @@ from typing import Any
 
 import anyio
 import attrs
+from tests.pg import PostgresServer
 
 from bench._common import (
     describe_machine,
@@ -61,8 +62,9 @@ from bench._common import (
     postgres_server,
     write_results,
 )
-from tests.pg import PostgresServer
 
+#: jobs per run; 3,000 keeps the full matrix within about five minutes on a 2-core machine
+DEFAULT_JOBS = 3000
 ENQUEUE_CHUNK = 500  #: jobs per enqueue transaction / batch call, for every system
 SINGLE_ENQUEUE_JOBS = 1000  #: jobs enqueued one per transaction, for the single-enqueue rate
 CHILD_START_TIMEOUT = 120  #: seconds for worker processes to import, connect and report ready
@@ -94,7 +96,7 @@ class Layout:
 
     @property
     def label(self) -> str:
-        return f"{self.processes}×{self.tasks}"
+        return f"{self.processes}x{self.tasks}"
 
 
 @attrs.frozen(kw_only=True)
@@ -207,9 +209,7 @@ class CroniumTarget:
         from cronium_core import JobStatus
 
         done = await self.queue.count(JobStatus.SUCCEEDED)
-        left = await self.queue.count(JobStatus.QUEUED) + await self.queue.count(
-            JobStatus.RUNNING
-        )
+        left = await self.queue.count(JobStatus.QUEUED) + await self.queue.count(JobStatus.RUNNING)
         return done, left
 
 
@@ -235,8 +235,9 @@ async def cronium_workers(spec: WorkerSpec) -> AsyncIterator[WorkerRun]:
                     return
                 for job in jobs:
                     assert job.lease_id is not None
-                    await queue.finish(job.id, job.lease_id, status=JobStatus.SUCCEEDED,
-                                       exit_code=0)  # fmt: skip
+                    await queue.finish(
+                        job.id, job.lease_id, status=JobStatus.SUCCEEDED, exit_code=0
+                    )
                     counts[0] += 1
 
         async def run() -> int:
@@ -509,7 +510,7 @@ class Bench:
             async with CroniumTarget(url) as t:
                 yield t, url
             for suffix in ("", "-wal", "-shm"):
-                Path(f"{path}{suffix}").unlink(missing_ok=True)
+                await anyio.Path(f"{path}{suffix}").unlink(missing_ok=True)
             return
         name = self._fresh_name(system)
         self.server.create_database(name)
@@ -545,8 +546,14 @@ class Bench:
                 f"{setup.label} {layout.label}: {completed} of {jobs} jobs recorded as done, "
                 f"{processed} processed, {left} left"
             )
-        return RunResult(setup=setup, layout=layout, jobs=jobs, enqueue_s=enqueue_s,
-                         drain_s=drain_s, completed=completed)  # fmt: skip
+        return RunResult(
+            setup=setup,
+            layout=layout,
+            jobs=jobs,
+            enqueue_s=enqueue_s,
+            drain_s=drain_s,
+            completed=completed,
+        )
 
     async def single_enqueue_rate(self, system: str, jobs: int) -> float:
         async with self.target(system) as (target, _url):
@@ -570,8 +577,12 @@ def plan(quick: bool) -> tuple[list[Layout], list[Setup], set[tuple[Setup, Layou
     ]
     if quick:
         layouts = [Layout(processes=1, tasks=4), Layout(processes=2, tasks=2)]
-        skip = {(s, lay) for s in setups for lay in layouts if s.batch == 1 and s.system
-                != PROCRASTINATE}  # fmt: skip
+        skip = {
+            (s, lay)
+            for s in setups
+            for lay in layouts
+            if s.batch == 1 and s.system != PROCRASTINATE
+        }
         return layouts, setups, skip
     layouts = [
         Layout(processes=1, tasks=4),
@@ -579,12 +590,13 @@ def plan(quick: bool) -> tuple[list[Layout], list[Setup], set[tuple[Setup, Layou
         Layout(processes=2, tasks=4),
         Layout(processes=4, tasks=2),
     ]
-    # claim 1 only where it says something new: in one process with 4 and 8 consumers
+    # claim 1 is three times slower than claim 10 and says the same at every layout: once is
+    # enough to show the cost of a claim, and keeps the whole run within a few minutes
     skip = {
         (s, lay)
         for s in setups
         for lay in layouts
-        if s.batch == 1 and s.system != PROCRASTINATE and lay.processes > 1
+        if s.batch == 1 and s.system != PROCRASTINATE and lay != layouts[0]
     }
     return layouts, setups, skip
 
@@ -608,31 +620,68 @@ def ratios(results: list[RunResult]) -> dict[int, tuple[float, float]]:
 def results_table(results: list[RunResult]) -> str:
     rel = ratios(results)
     rows = []
-    for i, r in sorted(enumerate(results), key=lambda ir: (ir[1].layout.processes,
-                                                          ir[1].layout.tasks)):  # fmt: skip
+    for i, r in sorted(
+        enumerate(results), key=lambda ir: (ir[1].layout.processes, ir[1].layout.tasks)
+    ):
         total_ratio, drain_ratio = rel.get(i, (float("nan"), float("nan")))
-        rows.append([
-            r.setup.label, r.layout.label, r.enqueue_rate, r.drain_rate, r.total_s,
-            r.total_rate, f"{total_ratio:.2f}×", f"{drain_ratio:.2f}×",
-        ])  # fmt: skip
+        rows.append(
+            [
+                r.setup.label,
+                r.layout.label,
+                r.enqueue_rate,
+                r.drain_rate,
+                r.total_s,
+                r.total_rate,
+                f"{total_ratio:.2f}x",
+                f"{drain_ratio:.2f}x",
+            ]
+        )
     return format_table(
-        ["system", "workers (P×C)", "enqueue/s", "drain/s", "total s", "total jobs/s",
-         "vs best baseline (total)", "vs best baseline (drain)"],  # fmt: skip
+        [
+            "system",
+            "workers (PxC)",
+            "enqueue/s",
+            "drain/s",
+            "total s",
+            "total jobs/s",
+            "vs best baseline (total)",
+            "vs best baseline (drain)",
+        ],
         rows,
         align="llrrrrrr",
     )
 
 
-def single_table(rates: dict[str, float]) -> str:
+def enqueue_table(results: list[RunResult], single: dict[str, float]) -> str:
+    """Per system: the median batched enqueue rate over all its runs (the runs differ only in
+    their workers, so every run is one more sample), and the single-job enqueue rate."""
+    batched: dict[str, list[float]] = defaultdict(list)
+    for r in results:
+        batched[r.setup.system].append(r.enqueue_rate)
     return format_table(
-        ["system", "single-job enqueue/s"], [[LABELS[s], rate] for s, rate in rates.items()]
+        [
+            "system",
+            f"batched enqueue/s (median of runs, {ENQUEUE_CHUNK}/call)",
+            "runs",
+            "single-job enqueue/s",
+        ],
+        [[LABELS[s], statistics.median(batched[s]), len(batched[s]), single[s]] for s in single],
     )
 
 
 async def benchmark(jobs: int, quick: bool) -> None:
     versions = package_versions(
-        ["cronium", "sqlalchemy", "asyncpg", "aiosqlite", "procrastinate", "psycopg",
-         "psycopg-pool", "pgqueuer", "anyio"]  # fmt: skip
+        [
+            "cronium",
+            "sqlalchemy",
+            "asyncpg",
+            "aiosqlite",
+            "procrastinate",
+            "psycopg",
+            "psycopg-pool",
+            "pgqueuer",
+            "anyio",
+        ]
     )
     layouts, setups, skip = plan(quick)
     single_jobs = min(SINGLE_ENQUEUE_JOBS, jobs)
@@ -648,8 +697,11 @@ async def benchmark(jobs: int, quick: bool) -> None:
                 if (setup, layout) in skip:
                     continue
                 r = await bench.run(setup, layout, jobs)
-                print(f"  {setup.label:<34} {layout.label:>4}  enqueue {r.enqueue_rate:8.0f}/s"
-                      f"  drain {r.drain_rate:8.0f}/s  total {r.total_s:6.2f} s", flush=True)  # fmt: skip
+                print(
+                    f"  {setup.label:<34} {layout.label:>4}  enqueue {r.enqueue_rate:8.0f}/s"
+                    f"  drain {r.drain_rate:8.0f}/s  total {r.total_s:6.2f} s",
+                    flush=True,
+                )
                 results.append(r)
         single: dict[str, float] = {}
         for system in (CRONIUM_SQLITE, CRONIUM_PG, PROCRASTINATE, PGQUEUER):
@@ -658,8 +710,8 @@ async def benchmark(jobs: int, quick: bool) -> None:
     print()
     print(results_table(results))
     print()
-    print(f"Single-job enqueue ({single_jobs} jobs, one per transaction, one client):")
-    print(single_table(single))
+    print(f"Enqueue (one client; single-job = {single_jobs} jobs, one per call/transaction):")
+    print(enqueue_table(results, single))
     rel = ratios(results)
     path = write_results(
         "queue_throughput",
@@ -672,8 +724,11 @@ async def benchmark(jobs: int, quick: bool) -> None:
             "versions": versions,
             "elapsed_s": elapsed,
             "runs": [
-                {**r.as_dict(), "ratio_total_vs_best_baseline": rel.get(i, (None, None))[0],
-                 "ratio_drain_vs_best_baseline": rel.get(i, (None, None))[1]}  # fmt: skip
+                {
+                    **r.as_dict(),
+                    "ratio_total_vs_best_baseline": rel.get(i, (None, None))[0],
+                    "ratio_drain_vs_best_baseline": rel.get(i, (None, None))[1],
+                }
                 for i, r in enumerate(results)
             ],
             "single_enqueue": {"jobs": single_jobs, "per_s": single},
@@ -685,18 +740,15 @@ async def benchmark(jobs: int, quick: bool) -> None:
 # -- profiling Cronium ------------------------------------------------------------------------
 
 
-class SqlTimer:
-    """Counts and times the statements an engine sends (cursor executes, i.e. round trips that
-    carry SQL; BEGIN/COMMIT and pool pings are counted by :meth:`attach` separately)."""
+class CallTimer:
+    """Wall time of every statement an engine executes, by kind of statement, and how many pool
+    checkouts and transactions there were (SQLAlchemy engine and pool events)."""
 
-    def __init__(self) -> None:
-        self.times: dict[str, list[float]] = defaultdict(list)
-        self.events: dict[str, int] = defaultdict(int)
-        self.enabled = False
-
-    def attach(self, engine: Any) -> None:
+    def __init__(self, engine: Any) -> None:
         from sqlalchemy import event
 
+        self.times: dict[str, list[float]] = defaultdict(list)
+        self.events: dict[str, int] = defaultdict(int)
         sync = engine.sync_engine
 
         @event.listens_for(sync, "before_cursor_execute")
@@ -705,175 +757,179 @@ class SqlTimer:
 
         @event.listens_for(sync, "after_cursor_execute")
         def after(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-            t0 = conn.info["bench_t0"].pop()
-            if self.enabled:
-                self.times[_statement_kind(statement)].append(time.perf_counter() - t0)
+            elapsed = time.perf_counter() - conn.info["bench_t0"].pop()
+            self.times[_statement_kind(statement)].append(elapsed)
 
-        for name in ("begin", "commit", "rollback"):
-            self._count(sync, name)
-        self._count(sync.pool, "checkout")
+        for target, name in ((sync, "begin"), (sync, "commit"), (sync.pool, "checkout")):
+            event.listen(target, name, self._counter(name))
 
-    def _count(self, target: Any, name: str) -> None:
-        from sqlalchemy import event
-
+    def _counter(self, name: str) -> Callable[..., None]:
         def hook(*args: Any) -> None:
-            if self.enabled:
-                self.events[name] += 1
+            self.events[name] += 1
 
-        event.listen(target, name, hook)
+        return hook
 
 
 def _statement_kind(sql: str) -> str:
     words = " ".join(sql.split())
     if words.startswith("SELECT jobs.id, jobs.concurrency_key"):
-        return "claim: SELECT candidates … FOR UPDATE SKIP LOCKED"
-    if words.startswith("UPDATE jobs SET status") and "lease_owner" in words:
+        return "claim: SELECT candidates"
+    if words.startswith("UPDATE jobs SET status") and "attempt=(jobs.attempt" in words:
         return "claim: UPDATE … RETURNING jobs.*"
-    if words.startswith("SELECT jobs.id, jobs.event_id") and "FOR UPDATE" in words:
-        return "finish: SELECT jobs.* … FOR UPDATE"
     if words.startswith("SELECT jobs.id, jobs.event_id"):
-        return "finish: SELECT jobs.*"
-    if words.startswith("UPDATE jobs SET exit_code"):
+        return "finish: SELECT jobs.* [FOR UPDATE]"
+    if words.startswith("UPDATE jobs SET"):
         return "finish: UPDATE … RETURNING jobs.*"
     if words.startswith("INSERT INTO jobs"):
         return "enqueue: INSERT … RETURNING jobs.*"
-    return words[:60]
+    return words[:50]
 
 
 async def profile_cronium(jobs: int) -> None:
-    """Drain ``jobs`` jobs with 4 in-process Cronium workers (claim 10) on PostgreSQL and on
-    SQLite, timing every statement and every queue call, and print where the time goes."""
-    from cronium_core import JobStatus
-    from cronium_core.datastore import DataStore
-    from cronium_core.queue import JobQueue
-
+    """Where Cronium's drain time goes: the statements PostgreSQL receives per job, the latency
+    of each queue call and statement, a cProfile of the drain (4 in-process workers, claim 10,
+    on PostgreSQL and on SQLite), and the plan of the claim query at this queue depth."""
     with postgres_server() as server, tempfile.TemporaryDirectory(prefix="cronium-bench-") as tmp:
         bench = Bench(server=server, workdir=Path(tmp))
         for system in (CRONIUM_PG, CRONIUM_SQLITE):
             async with bench.target(system) as (target, url):
-                timer = SqlTimer()
-                timer.attach(target.store.engine)
-                timer.enabled = True
-                start = time.monotonic()
                 await target.enqueue(jobs, ENQUEUE_CHUNK)
-                enqueue_s = time.monotonic() - start
-                timer.enabled = False
-                enqueue_times = dict(timer.times)
-                enqueue_events = dict(timer.events)
-
-                async with AsyncExitStack() as stack:
-                    store = DataStore(url=url)
-                    await store.start(stack)
-                    drain_timer = SqlTimer()
-                    drain_timer.attach(store.engine)
-                    queue = JobQueue(store=store)
-                    calls: dict[str, list[float]] = defaultdict(list)
-
-                    async def worker(worker_id: str) -> None:
-                        while True:
-                            t0 = time.perf_counter()
-                            claimed = await queue.claim(worker_id, limit=10)
-                            calls["claim(limit=10)"].append(time.perf_counter() - t0)
-                            if not claimed:
-                                return
-                            for job in claimed:
-                                assert job.lease_id is not None
-                                t0 = time.perf_counter()
-                                await queue.finish(job.id, job.lease_id,
-                                                   status=JobStatus.SUCCEEDED)  # fmt: skip
-                                calls["finish()"].append(time.perf_counter() - t0)
-
-                    profiler = cProfile.Profile()
-                    drain_timer.enabled = True
-                    start = time.monotonic()
-                    profiler.enable()
-                    async with anyio.create_task_group() as tg:
-                        for i in range(4):
-                            tg.start_soon(worker, f"prof-{i}")
-                    profiler.disable()
-                    drain_s = time.monotonic() - start
-                    drain_timer.enabled = False
-
-            print(f"\n=== {LABELS[system]}: {jobs} jobs, enqueue {jobs / enqueue_s:.0f}/s, "
-                  f"drain (4 workers, claim 10, under cProfile) {jobs / drain_s:.0f}/s")  # fmt: skip
-            print("\nenqueue phase, per job:")
-            _print_sql(enqueue_times, enqueue_events, jobs, enqueue_s)
-            print("\ndrain phase, per job:")
-            _print_sql(drain_timer.times, drain_timer.events, jobs, drain_s)
-            print("\nqueue calls (wall time of the awaited call, ms):")
-            print(format_table(
-                ["call", "count", "p50", "p90", "p99", "sum s"],
-                [[name, len(v), *(x * 1000 for x in percentiles(v).values()), sum(v)]
-                 for name, v in calls.items()],
-            ))  # fmt: skip
-            out = io.StringIO()
-            stats = pstats.Stats(profiler, stream=out)
-            stats.sort_stats("tottime").print_stats(18)
-            print("\ncProfile, top functions by own time (event loop included):")
-            print("\n".join(out.getvalue().splitlines()[:45]))
-        await _explain_claim(server)
+                if system == CRONIUM_PG:
+                    # log every statement of the sessions the drain opens (new sessions only)
+                    dbname = url.rsplit("/", 1)[1]
+                    server.execute(f"ALTER DATABASE {dbname} SET log_statement = 'all'")
+                    assert server.log_file is not None
+                    log_start = server.log_file.stat().st_size
+                report = await _profiled_drain(url, jobs)
+                if system == CRONIUM_PG:
+                    server.execute(f"ALTER DATABASE {dbname} RESET log_statement")
+                    assert server.log_file is not None
+                    with server.log_file.open("rb") as f:
+                        f.seek(log_start)
+                        server_log = f.read().decode("utf-8", "replace")
+                    report["server statements"] = _server_statements(server_log, jobs)
+            print(
+                f"\n=== {LABELS[system]}: {jobs} jobs, 4 workers, claim 10 "
+                f"(drain under cProfile: {report['rate']:.0f} jobs/s) ==="
+            )
+            for title in ("server statements", "calls", "statements", "profile"):
+                if title in report:
+                    print(f"\n{title}:\n{report[title]}")
+        print("\n=== claim candidate query, EXPLAIN ANALYZE at this queue depth ===")
+        print(await _explain_claim(bench, jobs))
 
 
-def _print_sql(times: dict[str, list[float]], events: dict[str, int], jobs: int,
-               wall: float) -> None:  # fmt: skip
-    rows = [
-        [kind, len(v) / jobs, statistics.median(v) * 1000, sum(v), 100 * sum(v) / wall]
-        for kind, v in sorted(times.items(), key=lambda kv: -sum(kv[1]))
-    ]
-    print(format_table(
-        ["statement", "per job", "median ms", "sum s", "% of wall (summed over tasks)"], rows
-    ))  # fmt: skip
-    print("  transactions/checkouts per job: "
-          + ", ".join(f"{k} {v / jobs:.2f}" for k, v in sorted(events.items())))  # fmt: skip
-
-
-async def _explain_claim(server: PostgresServer) -> None:
-    """EXPLAIN ANALYZE the claim's candidate query with 5,000 queued jobs."""
+async def _profiled_drain(url: str, jobs: int) -> dict[str, Any]:
     from cronium_core import JobStatus
+    from cronium_core.datastore import DataStore
+    from cronium_core.queue import JobQueue
 
-    bench = Bench(server=server, workdir=Path(tempfile.gettempdir()))
+    async with AsyncExitStack() as stack:
+        store = DataStore(url=url)
+        await store.start(stack)
+        queue = JobQueue(store=store)
+        timer = CallTimer(store.engine)
+        calls: dict[str, list[float]] = defaultdict(list)
+
+        async def worker(worker_id: str) -> None:
+            while True:
+                t0 = time.perf_counter()
+                claimed = await queue.claim(worker_id, limit=10)
+                calls["claim(limit=10)"].append(time.perf_counter() - t0)
+                if not claimed:
+                    return
+                for job in claimed:
+                    assert job.lease_id is not None
+                    t0 = time.perf_counter()
+                    await queue.finish(job.id, job.lease_id, status=JobStatus.SUCCEEDED)
+                    calls["finish()"].append(time.perf_counter() - t0)
+
+        profiler = cProfile.Profile()
+        start = time.monotonic()
+        profiler.enable()
+        async with anyio.create_task_group() as tg:
+            for i in range(4):
+                tg.start_soon(worker, f"prof-{i}")
+        profiler.disable()
+        drain_s = time.monotonic() - start
+
+    def ms_row(name: str, values: list[float]) -> list[Any]:
+        return [name, len(values) / jobs, *(v * 1000 for v in percentiles(values).values())]
+
+    headers = ["", "per job", "p50 ms", "p90 ms", "p99 ms"]
+    out = io.StringIO()
+    pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(15)
+    profile_lines = out.getvalue().strip().splitlines()
+    events = ", ".join(f"{k} {v / jobs:.2f}" for k, v in sorted(timer.events.items()))
+    return {
+        "rate": jobs / drain_s,
+        "calls": format_table(headers, [ms_row(k, v) for k, v in calls.items()]),
+        "statements": format_table(headers, [ms_row(k, v) for k, v in sorted(timer.times.items())])
+        + f"\nper job: {events}",
+        "profile": "\n".join(line for line in profile_lines[-20:] if line.strip()),
+    }
+
+
+def _server_statements(log: str, jobs: int) -> str:
+    """Count the statements in a PostgreSQL log written with ``log_statement = 'all'``."""
+    import re
+
+    kinds: dict[str, int] = defaultdict(int)
+    for match in re.finditer(r"LOG:  (?:statement|execute [^:]*): (.*)", log):
+        kinds[" ".join(match.group(1).split())[:60]] += 1
+    rows = [
+        [stmt, n / jobs]
+        for stmt, n in sorted(kinds.items(), key=lambda kv: -kv[1])
+        if n / jobs >= 0.01
+    ]
+    rows.append(["total logged", sum(kinds.values()) / jobs])
+    return format_table(["statement (as logged)", "per job"], rows) + (
+        "\n(the pool's pre-ping also sends an empty statement per checkout, which is not logged;"
+        " its BEGIN and ROLLBACK are)"
+    )
+
+
+async def _explain_claim(bench: Bench, depth: int) -> str:
+    """EXPLAIN ANALYZE of the claim's candidate query with ``depth`` queued jobs."""
+    from sqlalchemy import event
+
     async with bench.target(CRONIUM_PG) as (target, _url):
-        await target.enqueue(5000, ENQUEUE_CHUNK)
+        await target.enqueue(depth, ENQUEUE_CHUNK)
         captured: list[tuple[str, Any]] = []
-        from sqlalchemy import event
 
         def grab(conn: Any, cursor: Any, statement: str, params: Any, *args: Any) -> None:
             if statement.lstrip().startswith("SELECT jobs.id, jobs.concurrency_key"):
                 captured.append((statement, params))
 
         event.listen(target.store.engine.sync_engine, "before_cursor_execute", grab)
-        claimed = await target.queue.claim("explain", limit=10)
-        for job in claimed:
-            assert job.lease_id is not None
-            await target.queue.finish(job.id, job.lease_id, status=JobStatus.SUCCEEDED)
+        await target.queue.claim("explain", limit=10)
         statement, params = captured[0]
-        raw = await target.store.engine.raw_connection()
-        try:
-            driver = raw.driver_connection
-            # asyncpg placeholders are $1…; the params tuple is positional
-            plan_rows = await driver.fetch("EXPLAIN (ANALYZE, BUFFERS) " + statement, *params)
-        except Exception as exc:  # the plan is a nicety; never fail the profile on it
-            print(f"\n(could not EXPLAIN the claim query: {exc!r})")
-            return
-        finally:
-            raw.close()
-        print("\nclaim candidate query with 4,990 queued jobs (EXPLAIN ANALYZE):")
-        print("\n".join("  " + r[0] for r in plan_rows))
+        async with target.store.begin() as conn:
+            raw = await conn.get_raw_connection()
+            driver: Any = raw.driver_connection
+            rows = await driver.fetch("EXPLAIN (ANALYZE, BUFFERS) " + statement, *params)
+        return "\n".join("  " + r[0] for r in rows)
 
 
 # -- entry point --------------------------------------------------------------------------------
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.queue_throughput", description=__doc__
-                                     .split("\n\n")[0])  # fmt: skip
-    parser.add_argument("--jobs", type=int, default=None, help="jobs per run (default 5000; "
-                        "500 with --quick)")  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.queue_throughput", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        help=f"jobs per run (default {DEFAULT_JOBS}; 500 with --quick)",
+    )
     parser.add_argument("--quick", action="store_true", help="small smoke run, < 30 s")
-    parser.add_argument("--profile", action="store_true",
-                        help="profile Cronium's queue instead of comparing")  # fmt: skip
+    parser.add_argument(
+        "--profile", action="store_true", help="profile Cronium's queue instead of comparing"
+    )
     args = parser.parse_args(argv)
-    jobs = args.jobs or (500 if args.quick else 5000)
+    jobs = args.jobs or (500 if args.quick else DEFAULT_JOBS)
     if args.profile:
         anyio.run(profile_cronium, jobs)
     else:

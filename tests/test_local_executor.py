@@ -104,7 +104,7 @@ async def executor(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIter
     async with AsyncExitStack() as stack:
         local = LocalExecutor({"work_root": str(tmp_path)})
         await local.start(stack)
-        assert local.warm_pool_pid is not None
+        assert local.zygote_pid is not None
         yield local
 
 
@@ -117,7 +117,7 @@ async def python_executor(
     async with AsyncExitStack() as stack:
         local = LocalExecutor({"work_root": str(tmp_path), "warm_python": request.param})
         await local.start(stack)
-        assert (local.warm_pool_pid is not None) is request.param
+        assert (local.zygote_pid is not None) is request.param
         yield local
 
 
@@ -414,7 +414,7 @@ async def test_output_held_by_an_escaped_process_is_abandoned(executor: LocalExe
 
 
 async def test_pool_runs_many_jobs_at_once(executor: LocalExecutor) -> None:
-    zygote = executor.warm_pool_pid
+    zygote = executor.zygote_pid
     logs = [Log() for _ in range(20)]
     outcomes = {}
     code = "import os\nprint(os.environ['N'], os.getppid())\nraise SystemExit(int(os.environ['N']))"
@@ -439,7 +439,7 @@ async def test_python_env_vars_that_shape_startup_spawn_cold(executor: LocalExec
 
 @pytest.mark.fault
 async def test_zygote_killed_is_survived(executor: LocalExecutor) -> None:
-    zygote = executor.warm_pool_pid
+    zygote = executor.zygote_pid
     assert zygote is not None
     os.kill(zygote, signal.SIGKILL)
     log = Log()
@@ -448,16 +448,16 @@ async def test_zygote_killed_is_survived(executor: LocalExecutor) -> None:
     assert log.stdout == ["still here"]
 
     with anyio.fail_after(5):
-        while executor.warm_pool_pid in (None, zygote):
+        while executor.zygote_pid in (None, zygote):
             await anyio.sleep(0.02)
     log = Log()
     await executor.execute(request("python", "import os\nprint(os.getppid())"), log)
-    assert log.stdout == [str(executor.warm_pool_pid)]
+    assert log.stdout == [str(executor.zygote_pid)]
 
 
 @pytest.mark.fault
 async def test_job_outlives_a_dying_zygote(executor: LocalExecutor) -> None:
-    zygote = executor.warm_pool_pid
+    zygote = executor.zygote_pid
     assert zygote is not None
     log = Log()
     log.wanted = 1
@@ -534,7 +534,7 @@ async def test_pool_stops_with_the_exit_stack(tmp_path: Path) -> None:
     async with AsyncExitStack() as stack:
         local = LocalExecutor({"work_root": str(tmp_path)})
         await local.start(stack)
-        zygote = local.warm_pool_pid
+        zygote = local.zygote_pid
         assert zygote is not None
     assert not alive(zygote)
 

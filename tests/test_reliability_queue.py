@@ -471,3 +471,35 @@ def test_q8_queue_state_machine(db_url: str) -> None:
             )
         finally:
             portal.call(stack.aclose)
+
+
+# --- S5, the queue's side: whose clock decides that a lease expired ---------------------------
+
+
+@pytest.mark.anyio
+@pytest.mark.xfail(
+    strict=True,
+    reason="lease_expires is computed by the claiming process's clock and compared with the "
+    "reaping process's clock, not with the database's now()",
+)
+async def test_s5_lease_expiry_uses_database_time_not_process_time(db_url: str) -> None:
+    """RELIABILITY S5: "Leader/lease expiry uses DB time (now()), not worker time." Worker A
+    claims a job and heartbeats; a reaper in another process whose clock runs 45 s ahead
+    (more than the 30 s lease) sweeps right after. A lease that was just renewed must survive
+    that sweep; otherwise clock skew between machines hands a live job to a second worker."""
+    async with AsyncExitStack() as stack:
+        worker_store = DataStore(url=db_url, clock=FakeClock(START))
+        await worker_store.start(stack, upgrade=True)
+        reaper_store = DataStore(url=db_url, clock=FakeClock(START + timedelta(seconds=45)))
+        await reaper_store.start(stack)
+        worker = JobQueue(store=worker_store, lease_seconds=LEASE)
+        reaper = JobQueue(store=reaper_store, lease_seconds=LEASE)
+        event = await worker_store.add_event(
+            Event(name="skewed", action=NOOP, retry=RetryPolicy(max_attempts=3))
+        )
+        await worker.enqueue(event)
+        [job] = await worker.claim("A")
+        assert (await worker.heartbeat(job.id, job.lease_id or "")).alive
+        swept = await reaper.reap()
+        assert swept.requeued == [] and swept.failed == []
+        assert (await worker.heartbeat(job.id, job.lease_id or "")).alive

@@ -193,7 +193,7 @@ class DataStore:
             old = event_from_dict(row.definition)
             next_fire = row.next_fire_time
             if old.schedule != event.schedule or old.status != event.status:
-                next_fire = self._first_fire(event.schedule, event.status, now)
+                next_fire = self._first_fire(event.schedule, event.status, now, row.created_at)
             await conn.execute(
                 sa.update(schema.events)
                 .where(schema.events.c.id == event.id)
@@ -209,10 +209,14 @@ class DataStore:
         return event
 
     @staticmethod
-    def _first_fire(schedule: Schedule, status: EventStatus, now: datetime) -> datetime | None:
+    def _first_fire(
+        schedule: Schedule, status: EventStatus, now: datetime, anchor: datetime | None = None
+    ) -> datetime | None:
+        """The first fire time after now; intervals count from the row's creation (the same
+        anchor the scheduler uses), so an edit does not shift the grid."""
         if status is not EventStatus.ACTIVE or isinstance(schedule, Manual):
             return None
-        return next_fire_time(schedule, now, anchor=now)
+        return next_fire_time(schedule, now, anchor=anchor or now)
 
     async def get_event_record(
         self, event_id: str, conn: AsyncConnection | None = None

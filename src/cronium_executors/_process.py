@@ -187,10 +187,10 @@ def signal_name(number: int) -> str:
 
 def outcome_for(returncode: int | None) -> Outcome:
     if returncode is None:
-        # only a warm child whose zygote died mid-run: the zygote alone could reap it
+        # only a job whose zygote died mid-run: the zygote alone could reap it
         return Outcome(
             exit_code=None,
-            error="exit status unknown: the warm Python pool stopped while the job ran",
+            error="exit status unknown: the zygote that started the job died while it ran",
         )
     if returncode < 0:
         return Outcome(

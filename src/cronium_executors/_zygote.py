@@ -1,17 +1,36 @@
-"""The warm Python pool's zygote: a Python process that forks one child per Python job.
+"""The zygote: the process that starts every job of a local executor, and ends them with it.
 
-Run as ``python -s _zygote.py <control fd>`` by :mod:`cronium_executors._pyfork`; it uses the
-standard library only (plus the Cronium SDK, imported ahead so children start with it loaded).
-``-s``: its ``HOME`` is a shared temp directory, where a planted user site-packages must not
-be imported into every job (a cold job's ``HOME`` is its own fresh directory).
+Run as ``python -s _zygote.py <control fd> <worker pid>`` by :mod:`cronium_executors._launcher`;
+it uses the standard library only (plus the Cronium SDK, imported ahead so that forked Python
+jobs start with it loaded). ``-s``: its ``HOME`` is a shared temp directory, where a planted
+user site-packages must not be imported into every job (a cold job's ``HOME`` is its own
+fresh directory).
+
+It starts a job in one of two ways, each as the leader of a new session (so that the job and
+everything it starts form one process group), with the job's stdout and stderr, ``/dev/null``
+as stdin, its working directory and nothing but its own environment:
+
+- ``exec``: a program (bash, node, a cold Python) through ``posix_spawn``, with every signal
+  the zygote ignores back at its default and an empty signal mask;
+- ``fork``: a Python script run by a forked child of this very interpreter (the warm pool),
+  which saves the interpreter's start-up on every Python job.
 
 Protocol, over the control socket (``SOCK_SEQPACKET``, one message per job): a JSON object
-``{"argv": [...], "cwd": ..., "env": {...}}`` carrying four file descriptors: the child's
-stdin, stdout, stderr, and a reply socket. On the reply socket the zygote writes
-``pid <pid>\\n`` once the child is forked, ``exit <wait status>\\n`` once it is reaped (or
-``error <text>\\n`` when it could not fork), then closes it. The zygote sends ``ready`` on the
-control socket once it is ready, and exits when the control socket reaches its end, killing
-the process groups of the children still running (their worker is gone).
+``{"mode": "exec" | "fork", "argv": [...], "cwd": ..., "env": {...}}`` carrying three file
+descriptors: the job's stdout, stderr, and a reply socket. ``argv`` is the whole command for
+``exec`` (its program looked up on the job's ``PATH``), ``[script, *args]`` for ``fork``. On
+the reply socket the zygote writes ``pid <pid>\\n`` once the job started, ``exit <wait
+status>\\n`` once it is reaped; or, instead of both, ``oserror <errno>\\n`` when the program
+could not be started, ``error <text>\\n`` when the zygote failed otherwise. The zygote sends
+``ready`` on the control socket once it is ready.
+
+Jobs die with their worker. The zygote keeps the process group of each job until the executor
+closes its end of the job's reply socket (after it stopped what the job left running), and
+kills (SIGKILL) every group it keeps when the worker is gone, which it learns two ways: the
+control socket reaches its end (the executor stopped, or its process died), and SIGHUP, which
+the kernel sends it when its parent dies (``PR_SET_PDEATHSIG``; it acts on it even while it
+would be stuck). Not SIGKILL there: the zygote would die before it could end the jobs. A job
+that leaves its process group (``setsid``) is not found.
 """
 
 from __future__ import annotations
@@ -26,6 +45,7 @@ if __name__ == "__main__" and not sys.flags.safe_path:
 import atexit
 import contextlib
 import errno
+import gc
 import importlib
 import json
 import os
@@ -38,19 +58,34 @@ from types import FrameType, TracebackType
 from typing import Any, NoReturn
 
 MAX_MESSAGE = 256 * 1024
-_FDS_PER_JOB = 4
+_FDS_PER_JOB = 3
+#: what runpy and a script's end import lazily: imported here once, not in every child
+_PRELOAD = ("pkgutil", "weakref", "threading")
+#: the signal the kernel sends the zygote when the worker dies
+_PARENT_DIED = signal.SIGHUP
+_PR_SET_PDEATHSIG = 1
 
 
 class Zygote:
-    def __init__(self, control: socket.socket) -> None:
+    def __init__(self, control: socket.socket, parent: int) -> None:
         self.control = control
+        self.parent = parent
         self.selector = selectors.DefaultSelector()
-        self.replies: dict[int, int] = {}  # child pid -> reply socket fd
+        #: job pid (= its process group) -> its reply socket, while the job's process runs
+        self.running: dict[int, int] = {}
+        #: reply socket -> process group, once the job's process is reaped and until the
+        #: executor closes that socket (it may still stop what the job left running)
+        self.lingering: dict[int, int] = {}
+        self.stdin = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        # exec jobs start in their directory by way of the zygote's: it comes back here after
+        self.home = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         self.wakeup_r, self.wakeup_w = os.pipe()
-        # what a fresh interpreter has, restored in each child
+        # what a fresh interpreter has, restored in each forked child
         self.initial_handlers = {
-            sig: signal.getsignal(sig) for sig in (signal.SIGCHLD, signal.SIGINT, signal.SIGTERM)
+            sig: signal.getsignal(sig)
+            for sig in (signal.SIGCHLD, signal.SIGINT, signal.SIGTERM, _PARENT_DIED)
         }
+        self.ignored_signals: list[int] = []
 
     def serve(self) -> None:
         os.set_blocking(self.wakeup_w, False)
@@ -59,6 +94,20 @@ class Zygote:
         signal.signal(signal.SIGCHLD, _ignore_signal)
         # the executor stops us by closing the control socket; ^C on a terminal is not for us
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(_PARENT_DIED, self.on_parent_died)
+        _die_with_parent(_PARENT_DIED)
+        if os.getppid() != self.parent:
+            return  # the worker died before the kernel could be told to tell us
+        # exec jobs get these back at their defaults (the interpreter ignores SIGPIPE)
+        self.ignored_signals = [
+            sig
+            for sig in signal.valid_signals()
+            if sig not in (signal.SIGKILL, signal.SIGSTOP)
+            and signal.getsignal(sig) is signal.SIG_IGN
+        ]
+        # what is loaded now is shared by every child: keep the collector of each child off
+        # it, or its first collection writes to (and so copies) every page
+        gc.freeze()
         self.selector.register(self.control, selectors.EVENT_READ)
         self.selector.register(self.wakeup_r, selectors.EVENT_READ)
         self.control.send(b"ready")
@@ -66,22 +115,34 @@ class Zygote:
             for key, _ in self.selector.select():
                 if key.fileobj is self.control:
                     if not self.accept():
-                        self.kill_children()
+                        self.kill_jobs()
                         return
-                else:
+                elif key.fd == self.wakeup_r:
                     self.reap()
+                else:
+                    self.release(key.fd)
 
-    def kill_children(self) -> None:
+    def on_parent_died(self, signum: int, frame: FrameType | None) -> None:
+        if os.getppid() == self.parent:
+            # the thread that started us ended, not the worker (the signal follows the
+            # thread); or someone else sent it: either way the worker still runs
+            return
+        self.kill_jobs()
+        os._exit(0)
+
+    def kill_jobs(self) -> None:
         """The executor is gone (normally it ends its jobs first; here its worker died):
         jobs nobody watches any more must not run on."""
-        for pid in self.replies:
+        for pgid in [*self.running, *self.lingering.values()]:
             with contextlib.suppress(OSError):
-                os.killpg(pid, signal.SIGKILL)
+                os.killpg(pgid, signal.SIGKILL)
 
     def accept(self) -> bool:
         """Take one job request; False when the executor has gone."""
         try:
-            message, fds, flags, _ = socket.recv_fds(self.control, MAX_MESSAGE, _FDS_PER_JOB)
+            message, fds, flags, _ = socket.recv_fds(
+                self.control, MAX_MESSAGE, _FDS_PER_JOB, socket.MSG_CMSG_CLOEXEC
+            )
         except InterruptedError:
             return True
         except ConnectionError:
@@ -92,22 +153,52 @@ class Zygote:
             for fd in fds:
                 os.close(fd)
             return True
-        stdin, stdout, stderr, reply = fds
+        stdout, stderr, reply = fds
+        # held until the job is known, so that dying with the worker cannot miss it
+        signal.pthread_sigmask(signal.SIG_BLOCK, (_PARENT_DIED,))
         try:
-            request = json.loads(message)
-            pid = os.fork()
-        except Exception as exc:  # reported to the executor, which falls back
-            _write(reply, f"error {type(exc).__name__}: {exc}\n".replace("\n", " ") + "\n")
-            for fd in fds:
-                os.close(fd)
-            return True
-        if pid == 0:
-            self.become_child(request, stdin, stdout, stderr)
-        for fd in (stdin, stdout, stderr):
-            os.close(fd)
-        self.replies[pid] = reply
+            try:
+                request = json.loads(message)
+                if request["mode"] == "exec":
+                    pid = self.spawn(request, stdout, stderr)
+                else:
+                    pid = os.fork()
+                    if pid == 0:
+                        self.become_child(request, stdout, stderr)
+            except OSError as exc:  # the executor reports it as the job's failure to start
+                _write(reply, f"oserror {exc.errno or errno.EIO}\n")
+                os.close(reply)
+                return True
+            except Exception as exc:  # reported to the executor, which falls back
+                _write(reply, f"error {type(exc).__name__}: {exc}".replace("\n", " ") + "\n")
+                os.close(reply)
+                return True
+            finally:
+                os.close(stdout)
+                os.close(stderr)
+            self.running[pid] = reply
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, (_PARENT_DIED,))
         _write(reply, f"pid {pid}\n")
         return True
+
+    def spawn(self, request: dict[str, Any], stdout: int, stderr: int) -> int:
+        os.chdir(request["cwd"])
+        try:
+            return _spawn(
+                request["argv"],
+                request["env"],
+                file_actions=[
+                    (os.POSIX_SPAWN_DUP2, self.stdin, 0),
+                    (os.POSIX_SPAWN_DUP2, stdout, 1),
+                    (os.POSIX_SPAWN_DUP2, stderr, 2),
+                ],
+                setsid=True,
+                setsigdef=self.ignored_signals,
+                setsigmask=(),
+            )
+        finally:
+            os.fchdir(self.home)
 
     def reap(self) -> None:
         try:
@@ -122,19 +213,36 @@ class Zygote:
                 return
             if pid == 0:
                 return
-            reply = self.replies.pop(pid, None)
-            if reply is not None:
-                _write(reply, f"exit {status}\n")
-                os.close(reply)
+            reply = self.running.get(pid)
+            if reply is None:
+                continue
+            self.lingering[reply] = pid
+            del self.running[pid]
+            _write(reply, f"exit {status}\n")
+            self.selector.register(reply, selectors.EVENT_READ)
 
-    def become_child(self, request: dict[str, Any], stdin: int, out: int, err: int) -> NoReturn:
+    def release(self, reply: int) -> None:
+        """The executor is done with a job (it sends nothing, so readable means closed)."""
+        try:
+            if os.read(reply, 64):
+                return
+        except BlockingIOError:
+            return
+        except OSError:
+            pass
+        self.selector.unregister(reply)
+        del self.lingering[reply]
+        os.close(reply)
+
+    def become_child(self, request: dict[str, Any], out: int, err: int) -> NoReturn:
         code = 1
         try:
             signal.set_wakeup_fd(-1)
             for sig, handler in self.initial_handlers.items():
                 signal.signal(sig, handler)
+            signal.pthread_sigmask(signal.SIG_SETMASK, ())
             os.setsid()
-            os.dup2(stdin, 0)
+            os.dup2(self.stdin, 0)
             os.dup2(out, 1)
             os.dup2(err, 2)
             self.selector.close()
@@ -153,6 +261,38 @@ class Zygote:
             code = _run_script(argv[0])
         finally:
             os._exit(code)
+
+
+def _spawn(argv: list[str], env: dict[str, str], **options: Any) -> int:
+    """``posix_spawn`` ``argv``, its program looked up on the ``PATH`` of ``env`` (as
+    ``subprocess`` does), skipping the directories that do not hold it."""
+    program = argv[0]
+    if os.sep in program:
+        return os.posix_spawn(program, argv, env, **options)
+    failure: OSError | None = None
+    for directory in os.get_exec_path(env):
+        path = os.path.join(directory, program)
+        if not os.access(path, os.X_OK):
+            continue
+        try:
+            return os.posix_spawn(path, argv, env, **options)
+        except (FileNotFoundError, NotADirectoryError, PermissionError) as exc:
+            failure = failure or exc  # like execvp: the first real error, if none succeeds
+    raise failure or FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), program)
+
+
+def _die_with_parent(sig: int) -> None:
+    """Ask Linux to send ``sig`` when our parent dies."""
+    if not sys.platform.startswith("linux"):
+        return  # the end of the control socket still tells
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        zero = ctypes.c_ulong(0)
+        libc.prctl(ctypes.c_int(_PR_SET_PDEATHSIG), ctypes.c_ulong(sig), zero, zero, zero)
+    except (ImportError, OSError, AttributeError):
+        pass
 
 
 def _ignore_signal(signum: int, frame: FrameType | None) -> None:
@@ -239,9 +379,13 @@ def _system_exit_code(exc: SystemExit) -> int:
 
 def main() -> None:
     control = socket.socket(fileno=int(sys.argv[1]))
+    control.set_inheritable(False)
+    parent = int(sys.argv[2])
     with contextlib.suppress(ImportError):
         importlib.import_module("cronium")  # loaded once here, shared by every child
-    Zygote(control).serve()
+    for name in _PRELOAD:
+        importlib.import_module(name)
+    Zygote(control, parent).serve()
 
 
 if __name__ == "__main__":

@@ -13,26 +13,31 @@ Each job gets:
   stopped as a whole (SIGTERM, ``kill_grace`` seconds, SIGKILL) when the job is cancelled or
   times out, and when its main process ends while something it started still runs.
 
+Every job is started by the *zygote* (:mod:`cronium_executors._zygote`, driven by
+:mod:`cronium_executors._launcher`), a small Python process the executor keeps running. It
+tracks the process group of every job it started and kills them all when the worker dies, even
+by SIGKILL (it notices the end of its control socket, and Linux signals it when its parent
+dies: ``PR_SET_PDEATHSIG``). While the zygote is down (it is restarted in the background), the
+worker spawns jobs itself, and those do not die with it: ``anyio.open_process`` has no way to
+set ``PR_SET_PDEATHSIG`` in the child (it takes no ``preexec_fn``), and that signal would reach
+the job's main process only, not its group. On start, the executor removes the job directories
+that killed workers left behind (the directory names carry the worker's pid, so ``work_root``
+must not be shared with workers in another PID namespace, another container).
+
 Python scripts run on the worker's own interpreter (``sys.executable``, setting ``python``),
 so that the Python SDK shipped with this Cronium runs on the Python version it was written
-for. By default they do not even start it: a warm pool (:mod:`cronium_executors._pyfork`)
-keeps a pre-started interpreter (the *zygote*) that has imported the standard library modules
-it needs and the SDK, and forks one child per job, which saves tens of milliseconds a job.
-The price: what the zygote imported is shared by every child as it was at fork time (its
-modules, the hash seed, ``sys.flags``), so the zygote imports only the standard library and
-the SDK, never user code. A job whose environment changes how the interpreter starts
-(``PYTHON*``, ``LANG``, ``LC_*`` variables) is spawned cold, as is every job while the zygote
-is down (it is restarted in the background).
+for, and by default they do not even start it: the zygote has imported the standard library
+modules it needs and the SDK, and forks one child per job (the *warm pool*), which saves tens
+of milliseconds a job. The price: what the zygote imported is shared by every child as it was
+at fork time (its modules, the hash seed, ``sys.flags``), so the zygote imports only the
+standard library and the SDK, never user code. A job whose environment changes how the
+interpreter starts (``PYTHON*``, ``LANG``, ``LC_*`` variables) gets a fresh interpreter, as
+does every Python job with ``warm_python`` off.
 
-Settings (the config mapping): ``python``, ``bash``, ``node`` (interpreter commands),
-``warm_python`` (bool, default true), ``path`` (the jobs' ``PATH``, default the worker's),
-``work_root`` (where job directories are made, default the system temp dir).
-
-On start, the executor removes the job directories that workers killed before they could
-clean up left behind (the directory names carry the worker's pid, so ``work_root`` must not
-be shared with workers in another PID namespace, another container). A worker that dies also
-takes its warm Python jobs along (the zygote kills them when its control socket ends);
-bash and node jobs, and Python jobs spawned cold, outlive it.
+Settings (the config mapping): ``python``, ``bash``, ``node`` (interpreter commands; ``python``
+also runs the zygote), ``warm_python`` (bool, default true), ``path`` (the jobs' ``PATH``,
+default the worker's), ``work_root`` (where job directories are made, default the system
+temp dir).
 
 The worker must reap orphans: when it runs as PID 1 of a container, start it with an init
 (``docker run --init``), or the zombies of the jobs' orphans pile up.
@@ -64,8 +69,8 @@ from cronium_core.hookspecs import hookimpl
 from cronium_core.jobs import Stream
 from cronium_core.plugins import ExecutorRegistry
 
+from ._launcher import Launcher
 from ._process import ColdProcess, JobProcess, run_to_end
-from ._pyfork import WarmPythonPool
 from ._sdk import SdkPaths, sdk_paths
 
 __all__ = [
@@ -128,8 +133,19 @@ class _Workspace:
 
     def write_script(self, script: Script) -> Path:
         path = self.root / f".cronium-job{_SUFFIXES[script.language]}"
-        path.write_text(script.code, encoding="utf-8")
+        path.write_bytes(script.code.encode())
         return path
+
+    def remove_if_bare(self, script: Path | None) -> bool:
+        """Remove the directory when the job left nothing but its script in it (the usual
+        case: two system calls, not worth a thread); False when more work is left."""
+        try:
+            if script is not None:
+                os.unlink(script)
+            os.rmdir(self.root)
+        except OSError:
+            return False
+        return True
 
     def remove(self) -> None:
         try:
@@ -203,25 +219,22 @@ class LocalExecutor(Executor):
     def __init__(self, config: Mapping[str, Any] | None = None) -> None:
         self.settings = LocalSettings.from_config(config or {})
         self.sdk: SdkPaths = sdk_paths()
-        self._pool: WarmPythonPool | None = None
+        self._launcher: Launcher | None = None
 
     @property
-    def warm_pool_pid(self) -> int | None:
-        """The pid of the warm pool's zygote, while one runs."""
-        return self._pool.pid if self._pool is not None else None
+    def zygote_pid(self) -> int | None:
+        """The pid of the zygote, which starts the jobs, while one runs."""
+        return self._launcher.pid if self._launcher is not None else None
 
     async def start(self, exit_stack: AsyncExitStack) -> None:
         os.makedirs(self.settings.work_root, mode=0o700, exist_ok=True)
         removed = await anyio.to_thread.run_sync(reap_stale_workspaces, self.settings.work_root)
         if removed:
             log.info("removed %d job directories of workers that died", len(removed))
-        if self.settings.warm_python:
-            root = self.settings.work_root
-            pool = WarmPythonPool(
-                python=self.settings.python, env=self.job_env(root, root, {}), cwd=root
-            )
-            await pool.start(exit_stack)
-            self._pool = pool
+        root = self.settings.work_root
+        launcher = Launcher(python=self.settings.python, env=self.job_env(root, root, {}), cwd=root)
+        await launcher.start(exit_stack)
+        self._launcher = launcher
 
     def can_run(self, action: Action) -> bool:
         return isinstance(action, Script)
@@ -258,6 +271,7 @@ class LocalExecutor(Executor):
             workspace = _Workspace.create(self.settings.work_root)
         except OSError as exc:
             return await _not_started(emit, f"cannot make the job directory: {exc}")
+        path: Path | None = None
         try:
             try:
                 path = workspace.write_script(script)
@@ -271,17 +285,23 @@ class LocalExecutor(Executor):
                 return await _not_started(emit, f"cannot start {command[0]}: {exc.strerror or exc}")
             return await run_to_end(process, kill_grace=request.kill_grace, emit=emit)
         finally:
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(workspace.remove)
+            if not workspace.remove_if_bare(path):
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(workspace.remove)
 
     async def _spawn(
         self, script: Script, command: list[str], workspace: _Workspace, env: dict[str, str]
     ) -> JobProcess:
-        pool = self._pool
-        if script.language == "python" and pool is not None and pool.accepts(env):
-            child = await pool.spawn(command[1:], str(workspace.root), env)
-            if child is not None:
-                return child
+        launcher = self._launcher
+        if launcher is not None:
+            cwd = str(workspace.root)
+            if script.language == "python" and self.settings.warm_python and launcher.can_fork(env):
+                job = await launcher.start_job("fork", command[1:], cwd, env)
+            else:
+                job = await launcher.start_job("exec", command, cwd, env)
+            if job is not None:
+                return job
+        # the zygote is down: this job will not die with the worker, see the module docstring
         process = await anyio.open_process(
             command,
             stdin=subprocess.DEVNULL,

@@ -1,13 +1,15 @@
-"""The warm Python pool, executor side: keeps a zygote running and asks it for children.
+"""The job launcher, executor side: keeps a zygote running and asks it to start every job.
 
-The zygote (:mod:`cronium_executors._zygote`) is started once, imports the SDK, then forks a
-child per Python job, which saves the interpreter's start-up (tens of milliseconds) on every
-job. The pool passes each child's pipes to the zygote over a Unix socket (``SCM_RIGHTS``); the
-zygote answers with the child's pid (which is also its process group id, for stopping it) and
-later with its exit status, since only the zygote, its parent, can reap it.
+The zygote (:mod:`cronium_executors._zygote`) is a Python process started once. It starts each
+job as its own child, so that it can kill them all when the worker dies (a worker killed with
+SIGKILL cannot stop its jobs itself), and it serves the warm Python pool: it has imported the
+SDK, and forks a child per Python job instead of starting an interpreter, which saves tens of
+milliseconds a job. The launcher passes each job's pipes to the zygote over a Unix socket
+(``SCM_RIGHTS``); the zygote answers with the job's pid (which is also its process group id,
+for stopping it) and later with its exit status, since only the zygote, its parent, can reap it.
 
-A dead zygote is restarted in the background (with a growing pause if it keeps dying);
-until it is back, :meth:`WarmPythonPool.spawn` returns None and the executor spawns cold.
+A dead zygote is restarted in the background (with a growing pause if it keeps dying); until
+it is back, :meth:`Launcher.start_job` returns None and the executor spawns the job itself.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from contextlib import AsyncExitStack
 from pathlib import Path
+from typing import Literal
 
 import anyio
 import anyio.lowlevel
@@ -29,7 +32,7 @@ from anyio.abc import ByteReceiveStream, Process, TaskStatus
 
 from ._process import FdReceiveStream, wait_group_gone
 
-__all__ = ["WarmChild", "WarmPythonPool"]
+__all__ = ["LaunchedJob", "Launcher"]
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +40,8 @@ ZYGOTE = Path(__file__).resolve().with_name("_zygote.py")
 #: a request must fit one control message (the zygote's receive buffer is 256 KiB)
 MAX_REQUEST = 192 * 1024
 READY_TIMEOUT = 10.0
-#: how long the zygote may take to answer a fork request before it is deemed hung
-FORK_TIMEOUT = 5.0
+#: how long the zygote may take to answer a start request before it is deemed hung
+START_TIMEOUT = 5.0
 STOP_TIMEOUT = 5.0
 RESTART_DELAY_MIN = 0.1
 RESTART_DELAY_MAX = 30.0
@@ -47,7 +50,7 @@ HEALTHY_AFTER = 10.0
 
 
 class _Reply:
-    """The zygote's line-based answers about one child, read from a stream socket."""
+    """The zygote's line-based answers about one job, read from a stream socket."""
 
     def __init__(self, sock: socket.socket) -> None:
         sock.setblocking(False)
@@ -71,11 +74,12 @@ class _Reply:
         return line.decode()
 
     def close(self) -> None:
+        """Also tells the zygote that the job's process group is no longer its to kill."""
         self._sock.close()
 
 
-class WarmChild:
-    """A child of the zygote running one job (see :class:`~._process.JobProcess`)."""
+class LaunchedJob:
+    """A job started by the zygote (see :class:`~._process.JobProcess`)."""
 
     def __init__(self, pid: int, stdout: int, stderr: int, reply: _Reply) -> None:
         self._pid = pid
@@ -101,7 +105,7 @@ class WarmChild:
         while not self._ended:
             line = await self._reply.read_line()
             if line is None:
-                # the zygote died: the child lives on, orphaned, and its status is lost;
+                # the zygote died: the job lives on, orphaned, and its status is lost;
                 # wait for it to end all the same (it is reparented to init, which reaps it)
                 await wait_group_gone(self._pid)
                 self._ended = True
@@ -129,10 +133,10 @@ class _Zygote:
 
 
 @attrs.define(kw_only=True, eq=False)
-class WarmPythonPool:
-    """Forks Python jobs from a pre-started interpreter. ``env`` is the zygote's environment:
-    a child only matches a cold ``python script.py`` when the variables read at interpreter
-    start-up (``PYTHON*``, locale) are the same in the job's environment, see :meth:`accepts`.
+class Launcher:
+    """Starts jobs through a zygote. ``env`` is the zygote's environment: a forked Python
+    job only matches a cold ``python script.py`` when the variables read at interpreter
+    start-up (``PYTHON*``, locale) are the same in the job's environment, see :meth:`can_fork`.
     """
 
     python: str
@@ -147,13 +151,13 @@ class WarmPythonPool:
         zygote = self._zygote
         return zygote.process.pid if zygote is not None and zygote.alive else None
 
-    def accepts(self, env: Mapping[str, str]) -> bool:
+    def can_fork(self, env: Mapping[str, str]) -> bool:
         return _startup_env(env) == _startup_env(self.env)
 
     async def start(self, exit_stack: AsyncExitStack) -> None:
         task_group = await exit_stack.enter_async_context(anyio.create_task_group())
         exit_stack.push_async_callback(self._stop, task_group.cancel_scope)
-        await task_group.start(self._supervise, name="cronium warm python pool")
+        await task_group.start(self._supervise, name="cronium job launcher")
 
     async def _stop(self, scope: CancelScope) -> None:
         with anyio.CancelScope(shield=True):
@@ -185,7 +189,7 @@ class WarmPythonPool:
                     zygote.control.close()
                 if self._closing:
                     return
-                log.warning("the warm Python pool exited (%s); restarting it", returncode)
+                log.warning("the job launcher exited (%s); restarting it", returncode)
                 if anyio.current_time() - zygote.started_at > HEALTHY_AFTER:
                     delay = RESTART_DELAY_MIN
             await anyio.sleep(delay)
@@ -195,7 +199,7 @@ class WarmPythonPool:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             process = await anyio.open_process(
-                [self.python, "-s", str(ZYGOTE), str(theirs.fileno())],
+                [self.python, "-s", str(ZYGOTE), str(theirs.fileno()), str(os.getpid())],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=None,
@@ -206,7 +210,7 @@ class WarmPythonPool:
             )
         except OSError as exc:
             ours.close()
-            log.warning("cannot start the warm Python pool (%s); Python jobs start cold", exc)
+            log.warning("cannot start the job launcher (%s); jobs start without it", exc)
             return None
         finally:
             theirs.close()
@@ -222,50 +226,59 @@ class WarmPythonPool:
                 await process.wait()
             if not isinstance(exc, (OSError, TimeoutError)):
                 raise
-            log.warning("the warm Python pool did not start (%s); Python jobs start cold", exc)
+            log.warning("the job launcher did not start (%s); jobs start without it", exc)
             return None
         return _Zygote(process=process, control=ours, started_at=anyio.current_time())
 
-    async def spawn(
-        self, argv: Sequence[str], cwd: str, env: Mapping[str, str]
-    ) -> WarmChild | None:
-        """Fork a child running ``argv`` (``[script, *args]``); None means: spawn it cold."""
+    async def start_job(
+        self,
+        mode: Literal["exec", "fork"],
+        argv: Sequence[str],
+        cwd: str,
+        env: Mapping[str, str],
+    ) -> LaunchedJob | None:
+        """Start a job: ``exec`` runs the command ``argv``, ``fork`` the Python script
+        ``argv[0]`` (arguments after it) in a child of the zygote.
+
+        None means: the launcher cannot, spawn it without. Raises :class:`OSError` when the
+        program cannot be started (as a spawn would)."""
         zygote = self._zygote
         if zygote is None or not zygote.alive:
             return None
-        message = json.dumps({"argv": list(argv), "cwd": cwd, "env": dict(env)}).encode()
+        message = json.dumps({"mode": mode, "argv": list(argv), "cwd": cwd, "env": dict(env)})
         if len(message) > MAX_REQUEST:
             return None
         stdout_r, stdout_w = os.pipe()
         stderr_r, stderr_w = os.pipe()
-        stdin = os.open(os.devnull, os.O_RDONLY)
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         reply = _Reply(ours)
         pid: int | None = None
+        failure: OSError | None = None
         try:
             async with zygote.send_lock:
-                await _send_fds(
-                    zygote.control, message, [stdin, stdout_w, stderr_w, theirs.fileno()]
-                )
-            for fd in (stdin, stdout_w, stderr_w):
-                os.close(fd)
+                await _send_fds(zygote.control, message.encode(), [stdout_w, stderr_w, theirs])
+            os.close(stdout_w)
+            os.close(stderr_w)
             theirs.close()
-            stdin = stdout_w = stderr_w = -1
-            # shielded: once the request is out, a child may exist, and only its pid lets
+            stdout_w = stderr_w = -1
+            # shielded: once the request is out, a job may exist, and only its pid lets
             # the caller stop it; the zygote answers within milliseconds
-            with anyio.CancelScope(shield=True), anyio.move_on_after(FORK_TIMEOUT) as waiting:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(START_TIMEOUT) as waiting:
                 answer = await reply.read_line()
                 if answer is not None and answer.startswith("pid "):
                     pid = int(answer[4:])
+                elif answer is not None and answer.startswith("oserror "):
+                    number = int(answer[8:])
+                    failure = OSError(number, os.strerror(number))
                 elif answer is not None:
-                    log.warning("the warm Python pool could not fork: %s", answer)
+                    log.warning("the job launcher could not start a job: %s", answer)
             if waiting.cancelled_caught:
-                log.warning("the warm Python pool hangs; restarting it")
+                log.warning("the job launcher hangs; restarting it")
                 zygote.process.kill()
         except OSError as exc:
-            log.warning("the warm Python pool is unreachable (%s); starting the job cold", exc)
+            log.warning("the job launcher is unreachable (%s); starting the job without", exc)
         finally:
-            for fd in (stdin, stdout_w, stderr_w):
+            for fd in (stdout_w, stderr_w):
                 if fd >= 0:
                     os.close(fd)
             theirs.close()
@@ -273,9 +286,11 @@ class WarmPythonPool:
                 reply.close()
                 os.close(stdout_r)
                 os.close(stderr_r)
+        if failure is not None:
+            raise failure
         if pid is None:
             return None
-        return WarmChild(pid, stdout_r, stderr_r, reply)
+        return LaunchedJob(pid, stdout_r, stderr_r, reply)
 
 
 async def _await_ready(control: socket.socket) -> None:
@@ -290,10 +305,11 @@ async def _await_ready(control: socket.socket) -> None:
         raise ConnectionError("the zygote ended before it was ready")
 
 
-async def _send_fds(sock: socket.socket, message: bytes, fds: list[int]) -> None:
+async def _send_fds(sock: socket.socket, message: bytes, fds: list[int | socket.socket]) -> None:
+    numbers = [fd if isinstance(fd, int) else fd.fileno() for fd in fds]
     while True:
         try:
-            socket.send_fds(sock, [message], fds)
+            socket.send_fds(sock, [message], numbers)
         except BlockingIOError:
             await anyio.wait_writable(sock)
         else:
