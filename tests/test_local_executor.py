@@ -99,7 +99,7 @@ def group_members(pgid: int) -> list[int]:
 
 @pytest.fixture
 async def executor(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[LocalExecutor]:
-    """A started executor with its warm pool; the worker's environment holds a secret."""
+    """A started executor with its zygote; the worker's environment holds a secret."""
     monkeypatch.setenv(CANARY, "hunter2")
     async with AsyncExitStack() as stack:
         local = LocalExecutor({"work_root": str(tmp_path)})
@@ -108,16 +108,19 @@ async def executor(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIter
         yield local
 
 
-@pytest.fixture(params=[True, False], ids=["warm", "cold"])
+@pytest.fixture(params=["warm", "cold", "no zygote"])
 async def python_executor(
     request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[LocalExecutor]:
-    """The same tests through the warm pool and through a plain spawn."""
+    """The same tests through the warm pool (forked by the zygote), a fresh interpreter
+    started by the zygote, and a fresh interpreter spawned by the worker (while the zygote is
+    down; here: the executor was never started)."""
     monkeypatch.setenv(CANARY, "hunter2")
     async with AsyncExitStack() as stack:
-        local = LocalExecutor({"work_root": str(tmp_path), "warm_python": request.param})
-        await local.start(stack)
-        assert (local.zygote_pid is not None) is request.param
+        local = LocalExecutor({"work_root": str(tmp_path), "warm_python": request.param == "warm"})
+        if request.param != "no zygote":
+            await local.start(stack)
+            assert local.zygote_pid is not None
         yield local
 
 
@@ -433,8 +436,9 @@ async def test_pool_runs_many_jobs_at_once(executor: LocalExecutor) -> None:
 async def test_python_env_vars_that_shape_startup_spawn_cold(executor: LocalExecutor) -> None:
     log = Log()
     env = {"PYTHONDONTWRITEBYTECODE": "1"}
-    await executor.execute(request("python", "import os\nprint(os.getppid())", env=env), log)
-    assert log.stdout == [str(os.getpid())]
+    code = "import os, sys\nprint(os.getppid(), sys.flags.dont_write_bytecode, 'cronium' in sys.modules)"
+    await executor.execute(request("python", code, env=env), log)
+    assert log.stdout == [f"{executor.zygote_pid} 1 False"], "a fresh interpreter, started by the zygote"
 
 
 @pytest.mark.fault
@@ -475,7 +479,7 @@ async def test_job_outlives_a_dying_zygote(executor: LocalExecutor) -> None:
     [outcome] = outcomes
     assert outcome.exit_code is None
     assert outcome.error is not None
-    assert "warm Python pool" in outcome.error
+    assert "zygote" in outcome.error
 
 
 WORKER = """

@@ -176,9 +176,16 @@ class Cronium:
         tb: TracebackType | None,
     ) -> bool | None:
         stack, self._stack = self._stack, None
-        if stack is not None:
+        if stack is None:
+            return None
+        try:
             return await stack.__aexit__(exc_type, exc, tb)
-        return None
+        except BaseExceptionGroup as group:
+            # the background task group wraps an error of the caller's own block; give the
+            # caller back the error it raised, not a group around it
+            if exc is not None and _leaves(group) == [exc]:
+                raise exc from None
+            raise
 
     async def run(
         self,
@@ -201,6 +208,16 @@ class Cronium:
             run_after=run_after,
             trigger=trigger,
         )
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    leaves: list[BaseException] = []
+    for error in group.exceptions:
+        if isinstance(error, BaseExceptionGroup):
+            leaves += _leaves(error)
+        else:
+            leaves.append(error)
+    return leaves
 
 
 @attrs.define(eq=False)

@@ -133,7 +133,7 @@ class Zygote:
     def kill_jobs(self) -> None:
         """The executor is gone (normally it ends its jobs first; here its worker died):
         jobs nobody watches any more must not run on."""
-        for pgid in [*self.running, *self.lingering.values()]:
+        for pgid in [*self.running]:
             with contextlib.suppress(OSError):
                 os.killpg(pgid, signal.SIGKILL)
 
