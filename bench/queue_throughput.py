@@ -465,7 +465,7 @@ async def drain_in_processes(spec: WorkerSpec, processes: int) -> tuple[float, i
     try:
 
         def collect(kind: str, deadline: float) -> list[Any]:
-            got = []
+            got: list[Any] = []
             while len(got) < processes:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -686,6 +686,7 @@ async def benchmark(jobs: int, quick: bool) -> None:
     layouts, setups, skip = plan(quick)
     single_jobs = min(SINGLE_ENQUEUE_JOBS, jobs)
     started = time.monotonic()
+    load_before = os.getloadavg()
     with postgres_server() as server, tempfile.TemporaryDirectory(prefix="cronium-bench-") as tmp:
         info = machine_info(server)
         print(f"machine: {describe_machine(info)}")
@@ -707,6 +708,8 @@ async def benchmark(jobs: int, quick: bool) -> None:
         for system in (CRONIUM_SQLITE, CRONIUM_PG, PROCRASTINATE, PGQUEUER):
             single[system] = await bench.single_enqueue_rate(system, single_jobs)
     elapsed = time.monotonic() - started
+    # the 1-minute load before and after: a busy machine (another benchmark) shows up here
+    info["loadavg_1m_before_after"] = [load_before[0], os.getloadavg()[0]]
     print()
     print(results_table(results))
     print()

@@ -274,15 +274,56 @@ async def test_work_dir_is_removed_even_when_locked(
     assert entries(tmp_path) == []
 
 
-async def test_missing_interpreter(tmp_path: Path) -> None:
-    local = LocalExecutor({"work_root": str(tmp_path), "node": str(tmp_path / "no-node")})
+@pytest.mark.parametrize("node", ["/nowhere/node", "no-such-node"])
+@pytest.mark.parametrize("started", [True, False], ids=["zygote", "no zygote"])
+async def test_missing_interpreter(tmp_path: Path, node: str, started: bool) -> None:
+    async with AsyncExitStack() as stack:
+        local = LocalExecutor({"work_root": str(tmp_path), "node": node})
+        if started:
+            await local.start(stack)
+        log = Log()
+        outcome = await local.execute(request("node", "1"), log)
+        assert outcome.exit_code is None
+        assert outcome.error == f"cannot start {node}: No such file or directory"
+        assert log.of(Stream.SYSTEM) == [outcome.error]
+        assert entries(tmp_path) == []
+
+
+async def test_interpreter_found_on_the_jobs_path(executor: LocalExecutor, tmp_path: Path) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake_node = bin_dir / "node"
+    fake_node.write_text('#!/bin/sh\necho "fake node runs $1"\n')
+    fake_node.chmod(0o755)
+    (bin_dir / "not-a-program").mkdir()  # skipped over, as by a shell
+    env = {"PATH": f"{bin_dir / 'not-a-program'}:{bin_dir}:/usr/bin:/bin"}
     log = Log()
-    outcome = await local.execute(request("node", "1"), log)
-    assert outcome.exit_code is None
-    assert outcome.error is not None
-    assert outcome.error.startswith("cannot start")
-    assert log.of(Stream.SYSTEM) == [outcome.error]
-    assert entries(tmp_path) == []
+    outcome = await executor.execute(request("node", "1", env=env), log)
+    assert outcome.succeeded, log.lines
+    assert log.stdout[0].startswith("fake node runs /")
+
+
+async def test_jobs_start_clean(executor: LocalExecutor) -> None:
+    """No descriptor but the standard streams (not even another job's), stdin at its end,
+    no signal ignored or blocked (the zygote ignores SIGINT, and like any Python SIGPIPE)."""
+    other = Log()
+    other.wanted = 1
+    sleeper = "echo started\nexec sleep 1000"
+    log = Log()
+    code = "ls /proc/self/fd | tr '\\n' ' '; echo\ncat\ngrep -E '^Sig(Blk|Ign)' /proc/self/status\n"
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(executor.execute, request("bash", sleeper), other)
+        await other.arrived.wait()
+        outcome = await executor.execute(request("bash", code), log)
+        tg.cancel_scope.cancel()
+    assert outcome.succeeded
+    fds, blocked, ignored = log.stdout
+    assert fds == "0 1 2 3 ", "ls lists the directory through one more descriptor, 3"
+    assert blocked == "SigBlk:\t0000000000000000"
+    # but for the two that glibc keeps to itself (32 and 33), which its posix_spawn leaves
+    # ignored: it sets their handlers when it needs them
+    assert ignored.startswith("SigIgn:")
+    assert int(ignored.split()[1], 16) & ~(1 << 31 | 1 << 32) == 0
 
 
 def test_settings_are_checked() -> None:
@@ -436,9 +477,13 @@ async def test_pool_runs_many_jobs_at_once(executor: LocalExecutor) -> None:
 async def test_python_env_vars_that_shape_startup_spawn_cold(executor: LocalExecutor) -> None:
     log = Log()
     env = {"PYTHONDONTWRITEBYTECODE": "1"}
-    code = "import os, sys\nprint(os.getppid(), sys.flags.dont_write_bytecode, 'cronium' in sys.modules)"
+    code = (
+        "import os, sys\nprint(os.getppid(), sys.flags.dont_write_bytecode, 'json' in sys.modules)"
+    )
     await executor.execute(request("python", code, env=env), log)
-    assert log.stdout == [f"{executor.zygote_pid} 1 False"], "a fresh interpreter, started by the zygote"
+    # a fresh interpreter (its flags are the job's; nothing of the zygote's is imported),
+    # started by the zygote all the same
+    assert log.stdout == [f"{executor.zygote_pid} 1 False"]
 
 
 @pytest.mark.fault

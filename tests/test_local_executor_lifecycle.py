@@ -103,7 +103,8 @@ async def read_lines(stream: ByteReceiveStream, until: int) -> list[list[str]]:
 
 @pytest.mark.parametrize("hold_control", [False, True], ids=["socket-ends", "socket-held"])
 async def test_every_job_dies_with_its_worker(tmp_path: Path, hold_control: bool) -> None:
-    expected_pids = 2 + 2 + 1 + 1 + (1 if HAS_NODE else 0)
+    # bash: its grandchild and itself, twice; the two pythons; node
+    printed_pids = 2 + 2 + 1 + 1 + (1 if HAS_NODE else 0)
     worker = await anyio.open_process(
         [sys.executable, "-c", WORKER, str(tmp_path), str(int(HAS_NODE)), str(int(hold_control))],
         stdin=subprocess.DEVNULL,
@@ -114,7 +115,7 @@ async def test_every_job_dies_with_its_worker(tmp_path: Path, hold_control: bool
     try:
         assert worker.stdout is not None
         with anyio.fail_after(15):
-            lines = await read_lines(worker.stdout, expected_pids)
+            lines = await read_lines(worker.stdout, printed_pids)
         for words in lines:
             if words[0] == "job":
                 _, name, stream, text = words
@@ -123,16 +124,18 @@ async def test_every_job_dies_with_its_worker(tmp_path: Path, hold_control: bool
             else:
                 others[words[0]] = int(words[1])
         zygote = others["zygote"]
-        with anyio.fail_after(5):  # the executor is left waiting for a SIGTERM-proof group
-            while alive(printed["bash-leftover"][-1]):
+        # once that bash ended, the executor waits for its SIGTERM-proof grandchild to go
+        ended = printed["bash-leftover"].pop()
+        with anyio.fail_after(5):
+            while alive(ended):
                 await anyio.sleep(0.01)
         everything = [zygote, *(pid for pids in printed.values() for pid in pids)]
-        everything.remove(printed["bash-leftover"][-1])
-        assert len(everything) == expected_pids
+        assert len(everything) == 1 + printed_pids - 1
         assert all(alive(pid) for pid in everything), "all runs before the kill"
         # each job's main process (the last pid it printed; bash printed its grandchild
         # first) was started by the zygote, whatever its language
         running = {job: pids[-1] for job, pids in printed.items() if job != "bash-leftover"}
+        assert len(running) == len(printed) - 1
         assert {job: parent_of(pid) for job, pid in running.items()} == dict.fromkeys(
             running, zygote
         )

@@ -225,7 +225,6 @@ async def test_s3_all_runs_every_slot_with_its_own_time(parts: Parts) -> None:
 
 
 @pytest.mark.anyio
-@pytest.mark.xfail(strict=True, reason="backfilled runs of one tick are claimed in job-id order")
 async def test_s3_all_catch_up_runs_execute_in_slot_order(parts: Parts) -> None:
     """S3 all, "3 runs in slot order": the catch-up runs must also be *claimed* oldest slot
     first. All runs enqueued by one tick share priority, run_after and created_at, so the
@@ -509,11 +508,6 @@ async def test_overlap_allow_runs_side_by_side(parts: Parts) -> None:
 
 
 @pytest.mark.anyio
-@pytest.mark.xfail(
-    strict=True,
-    reason="Scheduler._overlap cancels queued runs with JobQueue.request_cancel, "
-    "bypassing RunEngine's after-job bookkeeping (run counters, conditional actions)",
-)
 async def test_overlap_cancel_running_ends_a_queued_run_like_a_cancel(parts: Parts) -> None:
     """A queued run cancelled by cancel_running must end like any cancelled queued run
     (RunEngine.cancel): counted in the event's run counters and followed by the event's

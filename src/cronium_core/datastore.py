@@ -183,9 +183,11 @@ class DataStore:
         async with self.begin() as conn:
             row = (
                 await conn.execute(
-                    sa.select(schema.events.c.definition, schema.events.c.next_fire_time).where(
-                        schema.events.c.id == event.id
-                    )
+                    sa.select(
+                        schema.events.c.definition,
+                        schema.events.c.next_fire_time,
+                        schema.events.c.created_at,
+                    ).where(schema.events.c.id == event.id)
                 )
             ).first()
             if row is None:

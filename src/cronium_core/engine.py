@@ -8,6 +8,7 @@ once per node, a join runs at most once, and a conditional action fires once per
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
@@ -194,19 +195,31 @@ class RunEngine:
 
     async def cancel(self, job_id: str) -> Job:
         """Cancel a job: a queued one ends now; a running one is stopped by its worker."""
+        async with self.store.begin() as conn:
+            job, after = await self.cancel_in(conn, job_id)
+        await after()
+        return job
+
+    async def cancel_in(
+        self, conn: AsyncConnection, job_id: str
+    ) -> tuple[Job, Callable[[], Awaitable[None]]]:
+        """Cancel inside the caller's transaction; await the returned function after the
+        commit to send the notices."""
+        before = await self.queue.get(job_id, conn)
+        job = await self.queue.request_cancel(job_id, conn=conn)
         queued: list[Job] = []
         done: str | None = None
-        async with self.store.begin() as conn:
-            before = await self.queue.get(job_id, conn)
-            job = await self.queue.request_cancel(job_id, conn=conn)
-            ended_now = before.status is JobStatus.QUEUED and job.status is JobStatus.CANCELLED
-            if ended_now:
-                queued, done = await self._after_job(conn, job)
-        if job.status is JobStatus.RUNNING:
-            await self.broker.publish(Notice("job.cancel", {"id": job.id}))
-        elif ended_now:
-            await self._publish_after(job, queued, done, retrying=False)
-        return job
+        ended_now = before.status is JobStatus.QUEUED and job.status is JobStatus.CANCELLED
+        if ended_now:
+            queued, done = await self._after_job(conn, job)
+
+        async def after() -> None:
+            if job.status is JobStatus.RUNNING:
+                await self.broker.publish(Notice("job.cancel", {"id": job.id}))
+            elif ended_now:
+                await self._publish_after(job, queued, done, retrying=False)
+
+        return job, after
 
     async def _publish_after(
         self, job: Job, queued: list[Job], run_done: str | None, retrying: bool

@@ -109,6 +109,19 @@ class JobQueue:
     def clock(self) -> Any:
         return self.store.clock
 
+    def _lease_time(self, seconds: float = 0.0) -> Any:
+        """``now + seconds`` for lease bookkeeping, as SQL: the database's clock unless the
+        store's clock is authoritative (tests). On SQLite "the database" is this host."""
+        if self.clock.authoritative:
+            return sa.literal(self.clock.now() + timedelta(seconds=seconds), schema.UTCDateTime())
+        if self.store.is_postgres:
+            return sa.func.statement_timestamp(type_=schema.UTCDateTime()) + sa.literal(
+                timedelta(seconds=seconds), sa.Interval()
+            )
+        return sa.func.strftime(
+            "%Y-%m-%d %H:%M:%f", "now", f"{seconds:+.3f} seconds", type_=schema.UTCDateTime()
+        )
+
     @asynccontextmanager
     async def _tx(self, conn: AsyncConnection | None) -> AsyncIterator[AsyncConnection]:
         if conn is not None:
@@ -219,7 +232,14 @@ class JobQueue:
                 J.c.run_after <= now,
                 sa.or_(J.c.concurrency_limit.is_(None), busy < J.c.concurrency_limit),
             )
-            .order_by(J.c.priority.desc(), J.c.run_after, J.c.created_at, J.c.id)
+            # fire_time keeps catch-up runs queued in one tick in slot order
+            .order_by(
+                J.c.priority.desc(),
+                J.c.run_after,
+                J.c.created_at,
+                J.c.fire_time.asc().nulls_last(),
+                J.c.id,
+            )
             .limit(limit)
         )
         if executors is not None:
@@ -244,7 +264,7 @@ class JobQueue:
                         attempt=J.c.attempt + 1,
                         lease_owner=worker_id,
                         lease_id=sa.literal(batch + ":", sa.String) + J.c.id,
-                        lease_expires=now + timedelta(seconds=self.lease_seconds),
+                        lease_expires=self._lease_time(self.lease_seconds),
                         heartbeat_at=now,
                         started_at=now,
                     )
@@ -297,7 +317,7 @@ class JobQueue:
                     )
                     .values(
                         heartbeat_at=now,
-                        lease_expires=now + timedelta(seconds=self.lease_seconds),
+                        lease_expires=self._lease_time(self.lease_seconds),
                     )
                     .returning(J.c.cancel_requested)
                 )
@@ -449,7 +469,7 @@ class JobQueue:
         failed: builtins.list[Job] = []
         async with self._tx(conn) as c:
             select = sa.select(J).where(
-                J.c.status == JobStatus.RUNNING.value, J.c.lease_expires < now
+                J.c.status == JobStatus.RUNNING.value, J.c.lease_expires < self._lease_time()
             )
             if self.store.is_postgres:
                 select = select.with_for_update(skip_locked=True)

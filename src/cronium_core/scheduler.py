@@ -59,6 +59,8 @@ class Scheduler:
     batch: int = 200
     #: unique-key conflicts seen (another scheduler recorded the same fire first)
     conflicts: int = 0
+    #: notices to send once the current fire's transaction has committed
+    _after_commit: list[Any] = attrs.field(init=False, factory=list)
 
     @property
     def store(self) -> Any:
@@ -128,6 +130,7 @@ class Scheduler:
         return min(times) if times else None
 
     async def _fire(self, table: sa.Table, kind: str, owner_id: str, now: datetime) -> bool:
+        self._after_commit = []
         started = 0
         async with self.store.begin() as conn:
             select = sa.select(table).where(table.c.id == owner_id)
@@ -164,6 +167,9 @@ class Scheduler:
                 .where(table.c.id == owner_id, table.c.next_fire_time == row.next_fire_time)
                 .values(next_fire_time=following)
             )
+        after, self._after_commit = self._after_commit, []
+        for send in after:
+            await send()
         if started:
             await self.engine.broker.publish(Notice("job.queued", {"n": started}))
         return True
@@ -219,7 +225,6 @@ class Scheduler:
         active = await self.engine.queue.active_for_event(event.id, conn)
         if not active:
             return "enqueued", reason
-        running = [j for j in active if j.status is JobStatus.RUNNING]
         waiting = [j for j in active if j.status is JobStatus.QUEUED]
         if policy is OverlapPolicy.SKIP:
             return "skipped", f"overlap: run {active[0].id} is still {active[0].status}"
@@ -227,17 +232,12 @@ class Scheduler:
             if waiting:
                 return "skipped", f"overlap: run {waiting[0].id} is already waiting"
             return "enqueued", reason
-        # CANCEL_RUNNING: stop what runs (its worker kills it), drop what waits
+        # CANCEL_RUNNING: stop what runs (its worker kills it), end what waits; through the
+        # engine, so counters, actions and workflows follow as for any cancel
         for job in active:
-            await self.engine.queue.request_cancel(job.id, conn=conn)
-        await self._after_commit_cancel([j.id for j in running])
+            _, after = await self.engine.cancel_in(conn, job.id)
+            self._after_commit.append(after)
         return "enqueued", f"overlap: cancelled {len(active)} earlier run(s)"
-
-    async def _after_commit_cancel(self, job_ids: list[str]) -> None:
-        # a cancel notice sent before commit only makes the worker look sooner; the flag it
-        # reads on its next heartbeat is what counts
-        for job_id in job_ids:
-            await self.engine.broker.publish(Notice("job.cancel", {"id": job_id}))
 
     async def _record_fire(
         self,

@@ -14,6 +14,7 @@ it is back, :meth:`Launcher.start_job` returns None and the executor spawns the 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -73,8 +74,12 @@ class _Reply:
         line, _, self._buffer = self._buffer.partition(b"\n")
         return line.decode()
 
-    def close(self) -> None:
-        """Also tells the zygote that the job's process group is no longer its to kill."""
+    def close(self, *, done: bool = False) -> None:
+        """``done``: tell the zygote that the job's process group is no longer its to kill
+        (closed without it, the zygote kills the group, as when the worker dies)."""
+        if done:
+            with contextlib.suppress(OSError):
+                self._sock.send(b"done", socket.MSG_NOSIGNAL)
         self._sock.close()
 
 
@@ -117,7 +122,7 @@ class LaunchedJob:
     async def aclose(self) -> None:
         await self._stdout.aclose()
         await self._stderr.aclose()
-        self._reply.close()
+        self._reply.close(done=True)
 
 
 @attrs.define(eq=False)

@@ -11,7 +11,8 @@ everything it starts form one process group), with the job's stdout and stderr, 
 as stdin, its working directory and nothing but its own environment:
 
 - ``exec``: a program (bash, node, a cold Python) through ``posix_spawn``, with every signal
-  the zygote ignores back at its default and an empty signal mask;
+  the zygote ignores back at its default and an empty signal mask (but for glibc's two
+  internal signals, which its ``posix_spawn`` leaves ignored and glibc sets when it uses them);
 - ``fork``: a Python script run by a forked child of this very interpreter (the warm pool),
   which saves the interpreter's start-up on every Python job.
 
@@ -21,16 +22,18 @@ descriptors: the job's stdout, stderr, and a reply socket. ``argv`` is the whole
 ``exec`` (its program looked up on the job's ``PATH``), ``[script, *args]`` for ``fork``. On
 the reply socket the zygote writes ``pid <pid>\\n`` once the job started, ``exit <wait
 status>\\n`` once it is reaped; or, instead of both, ``oserror <errno>\\n`` when the program
-could not be started, ``error <text>\\n`` when the zygote failed otherwise. The zygote sends
-``ready`` on the control socket once it is ready.
+could not be started, ``error <text>\\n`` when the zygote failed otherwise. The executor
+writes ``done`` on it once it has stopped what the job left running, then closes it. The
+zygote sends ``ready`` on the control socket once it is ready.
 
 Jobs die with their worker. The zygote keeps the process group of each job until the executor
-closes its end of the job's reply socket (after it stopped what the job left running), and
-kills (SIGKILL) every group it keeps when the worker is gone, which it learns two ways: the
-control socket reaches its end (the executor stopped, or its process died), and SIGHUP, which
-the kernel sends it when its parent dies (``PR_SET_PDEATHSIG``; it acts on it even while it
-would be stuck). Not SIGKILL there: the zygote would die before it could end the jobs. A job
-that leaves its process group (``setsid``) is not found.
+says it is done with it, and kills (SIGKILL) every group it keeps when the worker is gone,
+which it learns three ways: the control socket reaches its end (the executor stopped, or its
+process died), a job's reply socket ends without ``done``, and SIGHUP, which the kernel sends
+it when its parent dies (``PR_SET_PDEATHSIG``; acted on even where the zygote would be stuck,
+or where another process holds the control socket open). Not SIGKILL there: the zygote would
+die before it could end the jobs. A job that leaves its process group (``setsid``) is not
+found.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ if __name__ == "__main__" and not sys.flags.safe_path:
     # the standard library, here or in the children
     del sys.path[0]
 
+import array
 import atexit
 import contextlib
 import errno
@@ -76,6 +80,8 @@ class Zygote:
         #: reply socket -> process group, once the job's process is reaped and until the
         #: executor closes that socket (it may still stop what the job left running)
         self.lingering: dict[int, int] = {}
+        #: the child forked ahead for the next Python job: pid, socket, whether it is ready
+        self.spare: tuple[int, socket.socket, bool] | None = None
         self.stdin = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         # exec jobs start in their directory by way of the zygote's: it comes back here after
         self.home = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -133,16 +139,15 @@ class Zygote:
     def kill_jobs(self) -> None:
         """The executor is gone (normally it ends its jobs first; here its worker died):
         jobs nobody watches any more must not run on."""
-        for pgid in [*self.running]:
+        spare = [self.spare[0]] if self.spare is not None else []
+        for pgid in [*self.running, *self.lingering.values(), *spare]:
             with contextlib.suppress(OSError):
                 os.killpg(pgid, signal.SIGKILL)
 
     def accept(self) -> bool:
         """Take one job request; False when the executor has gone."""
         try:
-            message, fds, flags, _ = socket.recv_fds(
-                self.control, MAX_MESSAGE, _FDS_PER_JOB, socket.MSG_CMSG_CLOEXEC
-            )
+            message, fds, flags = _receive_with_fds(self.control)
         except InterruptedError:
             return True
         except ConnectionError:
@@ -162,9 +167,9 @@ class Zygote:
                 if request["mode"] == "exec":
                     pid = self.spawn(request, stdout, stderr)
                 else:
-                    pid = os.fork()
-                    if pid == 0:
-                        self.become_child(request, stdout, stderr)
+                    pid = self.hand_to_spare(message, stdout, stderr) or self.fork(
+                        request, stdout, stderr
+                    )
             except OSError as exc:  # the executor reports it as the job's failure to start
                 _write(reply, f"oserror {exc.errno or errno.EIO}\n")
                 os.close(reply)
@@ -180,7 +185,74 @@ class Zygote:
         finally:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, (_PARENT_DIED,))
         _write(reply, f"pid {pid}\n")
+        if request["mode"] == "fork" and self.spare is None:
+            with contextlib.suppress(OSError):  # the next job forks the usual way
+                self.fork_spare()
         return True
+
+    def fork(self, request: dict[str, Any], stdout: int, stderr: int) -> int:
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                self.leave_zygote(keep=(stdout, stderr))
+                code = self.run_job(request, stdout, stderr)
+            finally:
+                os._exit(code)
+        return pid
+
+    def fork_spare(self) -> None:
+        """Fork the child of the next Python job ahead of it. What a child does first, and
+        the pages of the zygote it copies doing it (a page fault costs microseconds, and a
+        forked interpreter takes hundreds), is then done before the job waits for it."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                self.leave_zygote(keep=(theirs.fileno(),))
+                theirs.send(b"ready")
+                message, fds, _ = _receive_with_fds(theirs)
+                theirs.close()
+                if len(fds) == 2:  # else the zygote has gone, without a job for us
+                    code = self.run_job(json.loads(message), *fds)
+                else:
+                    code = 0
+            finally:
+                os._exit(code)
+        theirs.close()
+        self.spare = (pid, ours, False)
+
+    def hand_to_spare(self, message: bytes, stdout: int, stderr: int) -> int | None:
+        """Give the job to the spare child; None when none is ready (its own session made:
+        it must be its process group before the executor may stop that group)."""
+        if self.spare is None:
+            return None
+        pid, sock, ready = self.spare
+        if not ready:
+            try:
+                ready = sock.recv(16, socket.MSG_DONTWAIT) == b"ready"
+            except BlockingIOError:
+                return None
+            except OSError:
+                ready = False
+            if not ready:
+                self.drop_spare()
+                return None
+        self.spare = None
+        try:
+            socket.send_fds(sock, [message], [stdout, stderr])
+        except OSError:
+            return None  # it died; it is reaped as any child
+        finally:
+            sock.close()
+        return pid
+
+    def drop_spare(self) -> None:
+        if self.spare is not None:
+            pid, sock, _ = self.spare
+            self.spare = None
+            sock.close()  # it exits when its socket ends
 
     def spawn(self, request: dict[str, Any], stdout: int, stderr: int) -> int:
         os.chdir(request["cwd"])
@@ -215,6 +287,8 @@ class Zygote:
                 return
             reply = self.running.get(pid)
             if reply is None:
+                if self.spare is not None and self.spare[0] == pid:
+                    self.drop_spare()
                 continue
             self.lingering[reply] = pid
             del self.running[pid]
@@ -222,45 +296,65 @@ class Zygote:
             self.selector.register(reply, selectors.EVENT_READ)
 
     def release(self, reply: int) -> None:
-        """The executor is done with a job (it sends nothing, so readable means closed)."""
+        """The executor is done with a job: it says so (``done``) and closes the reply socket
+        once it stopped what the job left running. Closed without a word, the executor is gone
+        (its worker died, and the control socket's end may not have been read yet): what is
+        left of the job must not run on."""
         try:
-            if os.read(reply, 64):
-                return
+            said = os.read(reply, 64)
         except BlockingIOError:
             return
         except OSError:
-            pass
+            said = b""
+        if not said:
+            with contextlib.suppress(OSError):
+                os.killpg(self.lingering[reply], signal.SIGKILL)
         self.selector.unregister(reply)
         del self.lingering[reply]
         os.close(reply)
 
-    def become_child(self, request: dict[str, Any], out: int, err: int) -> NoReturn:
-        code = 1
-        try:
-            signal.set_wakeup_fd(-1)
-            for sig, handler in self.initial_handlers.items():
-                signal.signal(sig, handler)
-            signal.pthread_sigmask(signal.SIG_SETMASK, ())
-            os.setsid()
-            os.dup2(self.stdin, 0)
-            os.dup2(out, 1)
-            os.dup2(err, 2)
-            self.selector.close()
-            self.control.close()
-            _close_fds_from(3)
-            os.chdir(request["cwd"])
-            os.environ.clear()
-            os.environ.update(request["env"])
-            argv: list[str] = request["argv"]
-            sys.argv = list(argv)
-            # as ``python script.py`` would: the script's directory comes first
-            sys.path.insert(0, os.path.dirname(os.path.abspath(argv[0])))
-            tempfile: Any = sys.modules.get("tempfile")
-            if tempfile is not None:
-                tempfile.tempdir = None  # it caches TMPDIR
-            code = _run_script(argv[0])
-        finally:
-            os._exit(code)
+    def leave_zygote(self, keep: tuple[int, ...]) -> None:
+        """In a forked child: become a fresh job process but for the descriptors ``keep``."""
+        signal.set_wakeup_fd(-1)
+        for sig, handler in self.initial_handlers.items():
+            signal.signal(sig, handler)
+        signal.pthread_sigmask(signal.SIG_SETMASK, ())
+        os.setsid()
+        os.dup2(self.stdin, 0)
+        self.selector.close()
+        self.control.close()
+        _close_fds_from(3, keep)
+
+    def run_job(self, request: dict[str, Any], out: int, err: int) -> int:
+        """In a forked child: run the job's script, give its exit status."""
+        os.dup2(out, 1)
+        os.dup2(err, 2)
+        os.close(out)
+        os.close(err)
+        os.chdir(request["cwd"])
+        os.environ.clear()
+        os.environ.update(request["env"])
+        argv: list[str] = request["argv"]
+        sys.argv = list(argv)
+        # as ``python script.py`` would: the script's directory comes first
+        sys.path.insert(0, os.path.dirname(os.path.abspath(argv[0])))
+        tempfile: Any = sys.modules.get("tempfile")
+        if tempfile is not None:
+            tempfile.tempdir = None  # it caches TMPDIR
+        return _run_script(argv[0])
+
+
+def _receive_with_fds(sock: socket.socket) -> tuple[bytes, list[int], int]:
+    """``socket.recv_fds``, but with the descriptors close-on-exec from the start (exec jobs
+    must not inherit each other's pipes; ``recv_fds`` drops its ``flags`` before 3.12)."""
+    fds = array.array("i")
+    message, ancillary, flags, _ = sock.recvmsg(
+        MAX_MESSAGE, socket.CMSG_SPACE(_FDS_PER_JOB * fds.itemsize), socket.MSG_CMSG_CLOEXEC
+    )
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
+    return message, list(fds), flags
 
 
 def _spawn(argv: list[str], env: dict[str, str], **options: Any) -> int:
@@ -308,14 +402,13 @@ def _write(fd: int, text: str) -> None:
             raise
 
 
-def _close_fds_from(lowest: int) -> None:
+def _close_fds_from(lowest: int, keep: tuple[int, ...]) -> None:
     try:
         open_fds = [int(name) for name in os.listdir("/proc/self/fd")]
     except OSError:
-        os.closerange(lowest, os.sysconf("SC_OPEN_MAX"))
-        return
+        open_fds = list(range(lowest, os.sysconf("SC_OPEN_MAX")))
     for fd in open_fds:
-        if fd >= lowest:
+        if fd >= lowest and fd not in keep:
             # one of them was the directory listing's own, already closed
             with contextlib.suppress(OSError):
                 os.close(fd)
