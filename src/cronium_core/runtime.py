@@ -27,9 +27,8 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from anyio.abc import TaskStatus
-
 import attrs
+from anyio.abc import TaskStatus
 
 from .datastore import DataStore
 from .errors import ExecutionForbidden, InvalidToken, JobNotFound, RateLimited, ValidationError

@@ -59,7 +59,7 @@ import signal
 import socket
 import traceback
 from types import FrameType, TracebackType
-from typing import Any, NoReturn
+from typing import Any
 
 MAX_MESSAGE = 256 * 1024
 _FDS_PER_JOB = 3
