@@ -274,6 +274,15 @@ async def test_work_dir_is_removed_even_when_locked(
     assert entries(tmp_path) == []
 
 
+async def test_work_dir_is_removed_when_the_script_is_gone(
+    executor: LocalExecutor, tmp_path: Path
+) -> None:
+    code = 'rm -- "$0"\necho left > left.txt\nmkdir -p a/b\n'
+    outcome = await executor.execute(request("bash", code), Log())
+    assert outcome.succeeded
+    assert entries(tmp_path) == []
+
+
 @pytest.mark.parametrize("node", ["/nowhere/node", "no-such-node"])
 @pytest.mark.parametrize("started", [True, False], ids=["zygote", "no zygote"])
 async def test_missing_interpreter(tmp_path: Path, node: str, started: bool) -> None:

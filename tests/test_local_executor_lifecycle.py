@@ -7,6 +7,7 @@ their pids, and is killed with SIGKILL: nothing of it may be left running.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -147,9 +148,11 @@ async def test_every_job_dies_with_its_worker(tmp_path: Path, hold_control: bool
                 await anyio.sleep(0.02)
         survivors = [pid for pid in everything if alive(pid)]
         assert survivors == [], f"outlived their worker: {printed}, zygote {zygote}"
-    finally:
+    finally:  # when the test failed: leave nothing behind all the same
         leftovers = [*others.values(), *(pid for pids in printed.values() for pid in pids)]
         for pid in leftovers:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)  # the jobs' main processes lead their groups
             if alive(pid):
                 os.kill(pid, signal.SIGKILL)
         await worker.aclose()

@@ -139,7 +139,7 @@ class RunEngine:
                     for n in workflow.nodes
                 ],
             )
-            queued = await self._advance(c, run_id)
+            queued, _ = await self._advance(c, run_id)
             run = await self._load_run(c, run_id)
         if own:
             await self.notify_queued(queued)
@@ -253,9 +253,9 @@ class RunEngine:
                     finished_at=job.finished_at,
                 )
             )
-            queued += await self._advance(conn, job.workflow_run_id)
-            status = await conn.scalar(sa.select(R.c.status).where(R.c.id == job.workflow_run_id))
-            if status != "running":
+            started, ended = await self._advance(conn, job.workflow_run_id)
+            queued += started
+            if ended:
                 run_done = job.workflow_run_id
         return queued, run_done
 
@@ -309,13 +309,15 @@ class RunEngine:
             )
         return queued
 
-    async def _advance(self, conn: AsyncConnection, run_id: str) -> list[Job]:
+    async def _advance(self, conn: AsyncConnection, run_id: str) -> tuple[list[Job], bool]:
+        """Apply the plan for the run's current node states: the jobs started, and whether
+        the run has ended."""
         lock = sa.select(R).where(R.c.id == run_id)
         if self.store.is_postgres:
             lock = lock.with_for_update()
         run_row = (await conn.execute(lock)).one()
         if run_row.status != "running":
-            return []
+            return [], True
         workflow = workflow_from_dict(run_row.definition)
         node_rows = (await conn.execute(sa.select(N).where(N.c.run_id == run_id))).all()
         states = {
@@ -340,7 +342,8 @@ class RunEngine:
                         finished_at=now,
                     )
                 )
-                return queued + await self._advance(conn, run_id)
+                more, ended = await self._advance(conn, run_id)
+                return queued + more, ended
             job = await self.queue.enqueue(
                 event,
                 input=node_input,
@@ -373,7 +376,7 @@ class RunEngine:
                     status="failed" if step.failed else "succeeded", finished_at=now, error=error
                 )
             )
-        return queued
+        return queued, step.finished
 
     # -- reading runs -----------------------------------------------------------------
 

@@ -16,6 +16,7 @@ import pluggy
 if TYPE_CHECKING:
     from .plugins import ExecutorRegistry
     from .runtime import RuntimeServer
+    from .tools import ToolRegistry
 
 PROJECT = "cronium"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -31,3 +32,9 @@ def cronium_register_executors(register: ExecutorRegistry) -> None:
 def cronium_runtime_server() -> RuntimeServer | None:
     """Return the function that serves the runtime API for a worker in this process
     (``cronium_runtime`` provides one). Without it, scripts get no runtime API."""
+
+
+@hookspec
+def cronium_register_tools(register: ToolRegistry) -> None:
+    """Add tools for tool actions: ``register.add(name, tool)``, where ``tool`` has
+    ``async def execute(action, config, context) -> result`` (see ``cronium_core.tools``)."""

@@ -12,19 +12,30 @@ every write transaction is ``BEGIN IMMEDIATE``, which serializes claims.
 
 Methods that change a job take an optional ``conn`` so that a caller can do them inside its
 own transaction (transactional enqueue, finish + workflow advance in one commit).
+
+How it is kept fast (``docs/benchmarks.md``, "Queue throughput", has the measurements): every
+write is a synchronous function run by :meth:`DataStore.transact` — on SQLite one trip to a
+worker thread per transaction, on PostgreSQL in autocommit when it writes with one statement.
+The common claim (no concurrency-limited job among the candidates) and every finish are one
+statement each; the retry decision of a finish is a ``CASE`` in SQL on PostgreSQL. Batches
+(:meth:`JobQueue.enqueue_many`, :meth:`JobQueue.finish_many`) are one statement each on
+PostgreSQL. The claim reads a partial index in its own order (``schema.jobs``).
 """
 
 from __future__ import annotations
 
 import builtins
+import functools
+import json
 import zlib
-from collections.abc import AsyncIterator, Collection, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple, TypeVar
 
 import attrs
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from . import schema
@@ -34,11 +45,21 @@ from .events import Event
 from .executors import UNSET
 from .jobs import FINISHED_STATUSES, Job, JobStatus, LogLine, Stream, Trigger
 
-__all__ = ["FinishResult", "Heartbeat", "JobQueue", "ReapResult"]
+__all__ = [
+    "EnqueueItem",
+    "FinishItem",
+    "FinishResult",
+    "Heartbeat",
+    "JobQueue",
+    "ReapResult",
+]
 
 J = schema.jobs
+T = TypeVar("T")
 #: cap on the stored log of one job; past it lines are dropped and a marker is stored
 DEFAULT_MAX_LOG_BYTES = 16 * 1024 * 1024
+#: statuses whose attempt is retried while attempts are left (a cancelled one is not)
+RETRYABLE = frozenset({JobStatus.FAILED, JobStatus.TIMED_OUT})
 
 
 @attrs.frozen
@@ -57,6 +78,35 @@ class FinishResult:
 class ReapResult:
     requeued: builtins.list[Job]
     failed: builtins.list[Job]
+
+
+@attrs.frozen(kw_only=True)
+class EnqueueItem:
+    """One job for :meth:`JobQueue.enqueue_many`; the fields mean what ``enqueue``'s do."""
+
+    event: Event
+    input: Any = None
+    trigger: Trigger = Trigger.MANUAL
+    priority: int | None = None
+    run_after: datetime | None = None
+    idempotency_key: str | None = None
+    fire_time: datetime | None = None
+    backfilled: bool = False
+    workflow_run_id: str | None = None
+    node_id: str | None = None
+
+
+class FinishItem(NamedTuple):
+    """How one attempt ended, for :meth:`JobQueue.finish_many`; a plain tuple in this order
+    does as well."""
+
+    job_id: str
+    lease_id: str
+    status: JobStatus
+    exit_code: int | None = None
+    error: str | None = None
+    output: Any = UNSET
+    condition: bool | None = None
 
 
 def _job(row: Any) -> Job:
@@ -94,8 +144,56 @@ def _job(row: Any) -> Job:
     )
 
 
+def _new_job(values: Mapping[str, Any]) -> Job:
+    """The job a fresh insert of ``values`` stores, without reading it back."""
+    data = values["input"]
+    if not (type(data) is dict and not data):
+        # what the database gives back: JSON's idea of the value (tuples become lists, …)
+        data = json.loads(json.dumps(data))
+    return Job(
+        id=values["id"],
+        event_id=values["event_id"],
+        status=JobStatus.QUEUED,
+        trigger=values["trigger"],
+        input=data,
+        priority=values["priority"],
+        attempt=0,
+        max_attempts=values["max_attempts"],
+        run_after=values["run_after"],
+        created_at=values["created_at"],
+        executor=values["executor"],
+        fire_time=values["fire_time"],
+        workflow_run_id=values["workflow_run_id"],
+        node_id=values["node_id"],
+        idempotency_key=values["idempotency_key"],
+        timeout=float(values["timeout"]),
+        backfilled=bool(values["backfilled"]),
+    )
+
+
 def _backoff(base: float, cap: float, attempt: int) -> float:
     return float(min(cap, base * 2 ** max(0, attempt - 1)))
+
+
+def _status_is(column: Any, status: JobStatus) -> Any:
+    # a literal, not a bound parameter: the planners use the partial indexes (WHERE status =
+    # 'queued' / 'running') only when they can see the value
+    return column == sa.literal_column(f"'{status.value}'", sa.String)
+
+
+def _claim_order(t: Any) -> builtins.list[Any]:
+    # fire_time keeps catch-up runs queued in one tick in slot order
+    return [
+        t.c.priority.desc(),
+        t.c.run_after,
+        t.c.created_at,
+        t.c.fire_time.asc().nulls_last(),
+        t.c.id,
+    ]
+
+
+def _array(values: builtins.list[Any], item_type: Any) -> Any:
+    return sa.bindparam(None, values, type_=postgresql.ARRAY(item_type))
 
 
 @attrs.define(kw_only=True, eq=False)
@@ -122,13 +220,18 @@ class JobQueue:
             "%Y-%m-%d %H:%M:%f", "now", f"{seconds:+.3f} seconds", type_=schema.UTCDateTime()
         )
 
-    @asynccontextmanager
-    async def _tx(self, conn: AsyncConnection | None) -> AsyncIterator[AsyncConnection]:
+    async def _run(
+        self,
+        fn: Callable[[sa.Connection], T],
+        conn: AsyncConnection | None = None,
+        *,
+        one_statement: bool = False,
+    ) -> T:
+        """Run the synchronous ``fn`` in the caller's transaction or in one of its own (see
+        :meth:`DataStore.transact`; ``one_statement``: ``fn`` writes with one statement)."""
         if conn is not None:
-            yield conn
-        else:
-            async with self.store.begin() as own:
-                yield own
+            return await conn.run_sync(fn)
+        return await self.store.transact(fn, one_statement=one_statement)
 
     # -- enqueue ------------------------------------------------------------------------
 
@@ -149,179 +252,319 @@ class JobQueue:
     ) -> Job:
         """Add a run of ``event``. With an ``idempotency_key`` already used, returns the job
         made the first time instead of a new one (decided by a unique index)."""
+        item = EnqueueItem(
+            event=event,
+            input=input,
+            trigger=trigger,
+            priority=priority,
+            run_after=run_after,
+            idempotency_key=idempotency_key,
+            fire_time=fire_time,
+            backfilled=backfilled,
+            workflow_run_id=workflow_run_id,
+            node_id=node_id,
+        )
+        [job] = await self.enqueue_many([item], conn=conn)
+        return job
+
+    async def enqueue_many(
+        self,
+        items: Sequence[EnqueueItem | tuple[Event, Mapping[str, Any]]],
+        conn: AsyncConnection | None = None,
+    ) -> builtins.list[Job]:
+        """Add many jobs at once, in one transaction (the caller's with ``conn``); returns
+        them in the order given. An item is an :class:`EnqueueItem` or ``(event, kwargs)``
+        with ``enqueue``'s keyword arguments. Idempotency keys work as in ``enqueue``: an item
+        whose key is already used (also by an earlier item of the same call) gives the job
+        made first. One ``INSERT`` for the lot on PostgreSQL; one executemany on SQLite."""
+        if not items:
+            return []
+        now = self.clock.now()
+        rows = [self._job_values(_enqueue_item(item), now) for item in items]
+        return await self._run(functools.partial(self._insert, rows), conn, one_statement=True)
+
+    def _job_values(self, item: EnqueueItem, now: datetime) -> dict[str, Any]:
+        event, key = item.event, item.idempotency_key
         if not event.id:
             raise ValidationError("event", "must be stored before it can run")
-        if idempotency_key is not None and not 1 <= len(idempotency_key) <= 200:
+        if key is not None and not 1 <= len(key) <= 200:
             raise ValidationError("idempotency_key", "must be 1-200 characters")
-        now = self.clock.now()
-        values = {
+        limit = event.concurrency_limit
+        return {
             "id": new_id(),
             "event_id": event.id,
             "status": JobStatus.QUEUED.value,
-            "trigger": Trigger(trigger).value,
-            "input": input if input is not None else {},
-            "priority": event.priority if priority is None else priority,
-            "attempt": 0,
+            "trigger": Trigger(item.trigger).value,
+            "input": item.input if item.input is not None else {},
+            "priority": event.priority if item.priority is None else item.priority,
             "max_attempts": event.retry.max_attempts,
             "backoff_base": event.retry.backoff_base,
             "backoff_max": event.retry.backoff_max,
             "timeout": event.timeout,
             "executor": event.executor,
-            "run_after": run_after or now,
+            "run_after": item.run_after or now,
             "created_at": now,
-            "concurrency_key": event.id if event.concurrency_limit is not None else None,
-            "concurrency_limit": event.concurrency_limit,
-            "fire_time": fire_time,
-            "backfilled": backfilled,
-            "workflow_run_id": workflow_run_id,
-            "node_id": node_id,
-            "idempotency_key": idempotency_key,
+            "concurrency_key": event.id if limit is not None else None,
+            "concurrency_limit": limit,
+            "fire_time": item.fire_time,
+            "backfilled": item.backfilled,
+            "workflow_run_id": item.workflow_run_id,
+            "node_id": item.node_id,
+            "idempotency_key": key,
         }
-        async with self._tx(conn) as c:
-            if idempotency_key is None:
-                row = (await c.execute(sa.insert(J).values(**values).returning(J))).one()
-                return _job(row)
-            insert = self._insert_ignoring_conflict(values)
-            row = (await c.execute(insert.returning(J))).first()
-            if row is None:
-                row = (
-                    await c.execute(sa.select(J).where(J.c.idempotency_key == idempotency_key))
-                ).one()
-            return _job(row)
 
-    def _insert_ignoring_conflict(self, values: dict[str, Any]) -> Any:
+    def _insert(self, rows: builtins.list[dict[str, Any]], c: sa.Connection) -> builtins.list[Job]:
+        keyed = [r for r in rows if r["idempotency_key"] is not None]
+        inserted: set[str] | None = None
         if self.store.is_postgres:
-            from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-            return (
-                pg_insert(J)
-                .values(**values)
-                .on_conflict_do_nothing(index_elements=["idempotency_key"])
+            result = c.execute(self._pg_insert(rows, keyed=bool(keyed)))
+            if keyed:
+                inserted = set(result.scalars())
+        elif keyed:
+            insert = sqlite_dialect.insert(J).on_conflict_do_nothing(
+                index_elements=["idempotency_key"]
             )
-        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+            c.execute(insert, rows)
+            ids = [r["id"] for r in keyed]
+            inserted = set(c.execute(sa.select(J.c.id).where(J.c.id.in_(ids))).scalars())
+        else:
+            c.execute(sa.insert(J), rows)
+        jobs = [_new_job(r) for r in rows]
+        if inserted is not None and len(inserted) < len(keyed):
+            # the key was taken (earlier, or by an earlier item of this call): the first job
+            keys = {r["idempotency_key"] for r in keyed if r["id"] not in inserted}
+            found = c.execute(sa.select(J).where(J.c.idempotency_key.in_(keys))).all()
+            first = {row.idempotency_key: _job(row) for row in found}
+            for i, r in enumerate(rows):
+                if r["idempotency_key"] is not None and r["id"] not in inserted:
+                    jobs[i] = first[r["idempotency_key"]]
+        return jobs
 
-        return (
-            sqlite_insert(J)
-            .values(**values)
-            .on_conflict_do_nothing(index_elements=["idempotency_key"])
+    def _pg_insert(self, rows: builtins.list[dict[str, Any]], *, keyed: bool) -> Any:
+        # one INSERT … SELECT FROM unnest(arrays): a parameter per column, not per value, so
+        # asyncpg sends the batch in one message whatever its size
+        columns: builtins.list[tuple[str, Any]] = [
+            ("id", sa.String),
+            ("event_id", sa.String),
+            ("status", sa.String),
+            ("trigger", sa.String),
+            ("input", sa.Text),
+            ("priority", sa.Integer),
+            ("max_attempts", sa.Integer),
+            ("backoff_base", sa.Float),
+            ("backoff_max", sa.Float),
+            ("timeout", sa.Float),
+            ("executor", sa.String),
+            ("run_after", schema.UTCDateTime()),
+            ("created_at", schema.UTCDateTime()),
+            ("concurrency_key", sa.String),
+            ("concurrency_limit", sa.Integer),
+            ("fire_time", schema.UTCDateTime()),
+            ("backfilled", sa.Boolean),
+            ("workflow_run_id", sa.String),
+            ("node_id", sa.String),
+            ("idempotency_key", sa.String),
+        ]
+        arrays = []
+        for name, type_ in columns:
+            values = [r[name] for r in rows]
+            if name == "input":
+                values = [json.dumps(v) for v in values]
+            arrays.append(_array(values, type_))
+        v = (
+            sa.func.unnest(*arrays)
+            .table_valued(*(sa.column(name, type_) for name, type_ in columns))
+            .render_derived(name="v")
         )
+        select = sa.select(
+            *(
+                sa.cast(v.c[name], postgresql.JSONB) if name == "input" else v.c[name]
+                for name, _ in columns
+            )
+        )
+        insert = postgresql.insert(J).from_select([name for name, _ in columns], select)
+        if keyed:
+            return insert.on_conflict_do_nothing(index_elements=["idempotency_key"]).returning(
+                J.c.id
+            )
+        return insert
 
     # -- claim, heartbeat ---------------------------------------------------------------
 
     async def claim(
         self, worker_id: str, limit: int = 1, *, executors: Collection[str] | None = None
     ) -> builtins.list[Job]:
-        """Claim up to ``limit`` due jobs, highest priority first, then oldest ``run_after``."""
+        """Claim up to ``limit`` due jobs, highest priority first, then oldest ``run_after``.
+
+        Candidates are the first ``limit`` due jobs whose event is under its concurrency
+        limit; of those, a limited event's jobs beyond what its limit allows right now are
+        left queued (the claim may then return fewer than it could have)."""
         if limit < 1:
             return []
         now = self.clock.now()
+        names = None if executors is None else builtins.list(executors)
+        if self.store.is_postgres:
+            # the common case in one autocommit statement; it claims nothing (and says so)
+            # when a candidate has a concurrency limit, which needs the careful path below
+            fast = functools.partial(self._claim_fast, worker_id, limit, names, now)
+            jobs = await self.store.transact(fast, one_statement=True)
+            if jobs is not None:
+                return jobs
+        careful = functools.partial(self._claim_careful, worker_id, limit, names, now)
+        return await self.store.transact(careful)
+
+    def _candidates(self, limit: int, executors: builtins.list[str] | None, now: datetime) -> Any:
         running = J.alias("running")
         busy = (
             sa.select(sa.func.count())
             .select_from(running)
             .where(
                 running.c.concurrency_key == J.c.concurrency_key,
-                running.c.status == JobStatus.RUNNING.value,
+                _status_is(running.c.status, JobStatus.RUNNING),
             )
             .scalar_subquery()
         )
         query = (
-            sa.select(J.c.id, J.c.concurrency_key, J.c.concurrency_limit)
+            sa.select(
+                J.c.id,
+                J.c.concurrency_key,
+                J.c.concurrency_limit,
+                J.c.priority,
+                J.c.run_after,
+                J.c.created_at,
+                J.c.fire_time,
+            )
             .where(
-                J.c.status == JobStatus.QUEUED.value,
+                _status_is(J.c.status, JobStatus.QUEUED),
                 J.c.run_after <= now,
                 sa.or_(J.c.concurrency_limit.is_(None), busy < J.c.concurrency_limit),
             )
-            # fire_time keeps catch-up runs queued in one tick in slot order
-            .order_by(
-                J.c.priority.desc(),
-                J.c.run_after,
-                J.c.created_at,
-                J.c.fire_time.asc().nulls_last(),
-                J.c.id,
-            )
+            .order_by(*_claim_order(J))
             .limit(limit)
         )
         if executors is not None:
-            query = query.where(J.c.executor.in_(list(executors)))
+            query = query.where(J.c.executor.in_(executors))
         if self.store.is_postgres:
             query = query.with_for_update(skip_locked=True, of=J)
-        async with self.store.begin() as conn:
-            candidates = (await conn.execute(query)).all()
-            if not candidates:
-                return []
-            chosen = await self._respect_concurrency(conn, candidates)
-            if not chosen:
-                return []
-            # one fresh lease id per claimed row: this claim's batch id + the job id
-            batch = new_id()
-            rows = (
-                await conn.execute(
-                    sa.update(J)
-                    .where(J.c.id.in_(chosen), J.c.status == JobStatus.QUEUED.value)
-                    .values(
-                        status=JobStatus.RUNNING.value,
-                        attempt=J.c.attempt + 1,
-                        lease_owner=worker_id,
-                        lease_id=sa.literal(batch + ":", sa.String) + J.c.id,
-                        lease_expires=self._lease_time(self.lease_seconds),
-                        heartbeat_at=now,
-                        started_at=now,
-                    )
-                    .returning(J)
-                )
-            ).all()
-            jobs = [_job(row) for row in rows]
-        order = {job_id: i for i, job_id in enumerate(chosen)}
-        jobs.sort(key=lambda j: order[j.id])
-        return jobs
+        return query
 
-    async def _respect_concurrency(
-        self, conn: AsyncConnection, candidates: Sequence[Any]
+    def _claim_values(self, worker_id: str, now: datetime) -> dict[str, Any]:
+        # one fresh lease id per claimed row: this claim's batch id + the job id
+        batch = new_id()
+        return {
+            "status": JobStatus.RUNNING.value,
+            "attempt": J.c.attempt + 1,
+            "lease_owner": worker_id,
+            "lease_id": sa.literal(batch + ":", sa.String) + J.c.id,
+            "lease_expires": self._lease_time(self.lease_seconds),
+            "heartbeat_at": now,
+            "started_at": now,
+        }
+
+    def _claim_fast(
+        self,
+        worker_id: str,
+        limit: int,
+        executors: builtins.list[str] | None,
+        now: datetime,
+        c: sa.Connection,
+    ) -> builtins.list[Job] | None:
+        """PostgreSQL, one statement: lock the candidates, claim them all unless one has a
+        concurrency limit, return them in claim order. ``None``: a limited candidate."""
+        cand = self._candidates(limit, executors, now).cte("cand")
+        limited = (
+            sa.select(sa.literal(1)).select_from(cand).where(cand.c.concurrency_limit.isnot(None))
+        )
+        claimed = (
+            sa.update(J)
+            .where(
+                J.c.id.in_(sa.select(cand.c.id)),
+                _status_is(J.c.status, JobStatus.QUEUED),
+                ~limited.exists(),
+            )
+            .values(**self._claim_values(worker_id, now))
+            .returning(*J.c)
+            .cte("claimed")
+        )
+        rows = c.execute(
+            sa.select(*claimed.c)
+            .select_from(cand.outerjoin(claimed, claimed.c.id == cand.c.id))
+            .order_by(*_claim_order(cand))
+        ).all()
+        if any(row.id is None for row in rows):
+            return None
+        return [_job(row) for row in rows]
+
+    def _claim_careful(
+        self,
+        worker_id: str,
+        limit: int,
+        executors: builtins.list[str] | None,
+        now: datetime,
+        c: sa.Connection,
+    ) -> builtins.list[Job]:
+        candidates = c.execute(self._candidates(limit, executors, now)).all()
+        if not candidates:
+            return []
+        chosen = self._respect_concurrency(c, candidates)
+        if not chosen:
+            return []
+        rows = c.execute(
+            sa.update(J)
+            .where(J.c.id.in_(chosen), _status_is(J.c.status, JobStatus.QUEUED))
+            .values(**self._claim_values(worker_id, now))
+            .returning(*J.c)
+        ).all()
+        order = {job_id: i for i, job_id in enumerate(chosen)}
+        return sorted((_job(row) for row in rows), key=lambda j: order[j.id])
+
+    def _respect_concurrency(
+        self, c: sa.Connection, candidates: Sequence[Any]
     ) -> builtins.list[str]:
         keys = sorted({c.concurrency_key for c in candidates if c.concurrency_limit is not None})
         if not keys:
             return [c.id for c in candidates]
         if self.store.is_postgres:
-            # serialize claimers per key (in key order: no deadlock), then count afresh
-            for key in keys:
-                await conn.execute(
-                    sa.text("SELECT pg_advisory_xact_lock(:k)"),
-                    {"k": zlib.crc32(key.encode()) - 2**31},
+            # serialize claimers per key, then count afresh (the next statement's snapshot
+            # sees every claim committed before the lock was ours). All claimers lock in the
+            # order of the lock ids, so two that share keys cannot deadlock.
+            locks = sorted({zlib.crc32(key.encode()) - 2**31 for key in keys})
+            c.execute(
+                sa.text("SELECT pg_advisory_xact_lock(k) FROM unnest(:keys) AS k").bindparams(
+                    sa.bindparam("keys", locks, type_=postgresql.ARRAY(sa.BigInteger))
                 )
-        rows = await conn.execute(
+            )
+        rows = c.execute(
             sa.select(J.c.concurrency_key, sa.func.count())
-            .where(J.c.concurrency_key.in_(keys), J.c.status == JobStatus.RUNNING.value)
+            .where(J.c.concurrency_key.in_(keys), _status_is(J.c.status, JobStatus.RUNNING))
             .group_by(J.c.concurrency_key)
         )
         counts: dict[str, int] = {key: n for key, n in rows.all()}
         chosen = []
-        for c in candidates:
-            if c.concurrency_limit is None:
-                chosen.append(c.id)
-            elif counts.get(c.concurrency_key, 0) < c.concurrency_limit:
-                counts[c.concurrency_key] = counts.get(c.concurrency_key, 0) + 1
-                chosen.append(c.id)
+        for cand in candidates:
+            if cand.concurrency_limit is None:
+                chosen.append(cand.id)
+            elif counts.get(cand.concurrency_key, 0) < cand.concurrency_limit:
+                counts[cand.concurrency_key] = counts.get(cand.concurrency_key, 0) + 1
+                chosen.append(cand.id)
         return chosen
 
     async def heartbeat(self, job_id: str, lease_id: str) -> Heartbeat:
         now = self.clock.now()
-        async with self.store.begin() as conn:
-            row = (
-                await conn.execute(
-                    sa.update(J)
-                    .where(
-                        J.c.id == job_id,
-                        J.c.lease_id == lease_id,
-                        J.c.status == JobStatus.RUNNING.value,
-                    )
-                    .values(
-                        heartbeat_at=now,
-                        lease_expires=self._lease_time(self.lease_seconds),
-                    )
-                    .returning(J.c.cancel_requested)
+
+        def beat(c: sa.Connection) -> Any:
+            return c.execute(
+                sa.update(J)
+                .where(
+                    J.c.id == job_id,
+                    J.c.lease_id == lease_id,
+                    _status_is(J.c.status, JobStatus.RUNNING),
                 )
+                .values(heartbeat_at=now, lease_expires=self._lease_time(self.lease_seconds))
+                .returning(J.c.cancel_requested)
             ).first()
+
+        row = await self._run(beat, one_statement=True)
         if row is None:
             return Heartbeat(alive=False, cancel_requested=True)
         return Heartbeat(alive=True, cancel_requested=bool(row.cancel_requested))
@@ -335,17 +578,19 @@ class JobQueue:
         return await self._set_running_field(job_id, lease_id, condition=bool(condition))
 
     async def _set_running_field(self, job_id: str, lease_id: str, **values: Any) -> bool:
-        async with self.store.begin() as conn:
-            result = await conn.execute(
+        def write(c: sa.Connection) -> bool:
+            result = c.execute(
                 sa.update(J)
                 .where(
                     J.c.id == job_id,
                     J.c.lease_id == lease_id,
-                    J.c.status == JobStatus.RUNNING.value,
+                    _status_is(J.c.status, JobStatus.RUNNING),
                 )
                 .values(**values)
             )
-        return bool(result.rowcount)
+            return bool(result.rowcount)
+
+        return await self._run(write, one_statement=True)
 
     async def finish(
         self,
@@ -361,62 +606,226 @@ class JobQueue:
     ) -> FinishResult | None:
         """Record how an attempt ended. ``None`` when the attempt was fenced (its lease is
         gone): nothing is written. A failed, timed-out attempt with attempts left goes back to
-        the queue after its backoff instead (``retrying``)."""
-        if not status.finished:
-            raise ValueError(f"finish() needs a final status, not {status}")
+        the queue after its backoff instead (``retrying``); a cancel request means no retry.
+
+        One fenced ``UPDATE … RETURNING`` (on SQLite a failure reads the row first)."""
+        item = FinishItem(job_id, lease_id, status, exit_code, error, output, condition)
+        _check_final(item.status)
         now = self.clock.now()
-        async with self._tx(conn) as c:
-            select = sa.select(J).where(J.c.id == job_id)
-            if self.store.is_postgres:
-                select = select.with_for_update()
-            row = (await c.execute(select)).first()
-            if row is None:
-                raise JobNotFound(job_id)
-            current = _job(row)
-            if current.status is not JobStatus.RUNNING or current.lease_id != lease_id:
-                return None
-            values: dict[str, Any] = {"exit_code": exit_code, "error": error}
-            if output is not UNSET:
-                values["output"] = output
-            if condition is not None:
-                values["condition"] = condition
-            retry = (
-                status in (JobStatus.FAILED, JobStatus.TIMED_OUT)
-                and current.attempt < current.max_attempts
-                and not current.cancel_requested
-            )
-            if retry:
-                delay = _backoff(row.backoff_base, row.backoff_max, current.attempt)
-                values.update(
-                    status=JobStatus.QUEUED.value,
-                    run_after=now + timedelta(seconds=delay),
-                    lease_owner=None,
-                    lease_id=None,
-                    lease_expires=None,
-                )
+        fn = functools.partial(self._finish_one, item, now, False)
+        return await self._run(fn, conn, one_statement=True)
+
+    async def finish_many(
+        self,
+        results: Sequence[FinishItem | tuple[Any, ...]],
+        conn: AsyncConnection | None = None,
+    ) -> builtins.list[FinishResult | None]:
+        """Record how many attempts ended, in one transaction (the caller's with ``conn``);
+        one result per item, in order, each what :meth:`finish` would give — except that a job
+        that does not exist gives ``None`` here instead of raising. An item is a
+        :class:`FinishItem` or a tuple ``(job_id, lease_id, status, exit_code, error, output,
+        condition)`` (the trailing fields optional). One statement on PostgreSQL."""
+        items = [FinishItem(*r) for r in results]
+        for item in items:
+            _check_final(item.status)
+        if not items:
+            return []
+        now = self.clock.now()
+        seen: set[str] = set()
+        repeated = False
+        for item in items:
+            repeated = repeated or item.job_id in seen
+            seen.add(item.job_id)
+        fn = functools.partial(self._finish_batch, items, now)
+        # a job named twice is finished in turn after the batch statement: more than one write
+        return await self._run(fn, conn, one_statement=not repeated)
+
+    def _finish_batch(
+        self, items: builtins.list[FinishItem], now: datetime, c: sa.Connection
+    ) -> builtins.list[FinishResult | None]:
+        if not self.store.is_postgres:
+            # statements are cheap in-process; what costs on SQLite is the trip to the thread
+            return [self._finish_one(item, now, True, c) for item in items]
+        first: dict[str, int] = {}
+        for i, item in enumerate(items):
+            first.setdefault(item.job_id, i)
+        batch = [items[i] for i in first.values()]
+        done = {
+            row.id: row for row in c.execute(self._pg_finish_many(batch, now)).all()
+        }
+        results: builtins.list[FinishResult | None] = []
+        for i, item in enumerate(items):
+            if first[item.job_id] != i:
+                # named again: as if finished after the first, which has taken effect
+                results.append(self._finish_one(item, now, True, c))
+            elif (row := done.get(item.job_id)) is None:
+                results.append(None)
             else:
-                values.update(
-                    status=status.value, finished_at=now, lease_expires=None, lease_id=None
-                )
-            updated = (
-                await c.execute(
-                    sa.update(J)
-                    .where(J.c.id == job_id, J.c.lease_id == lease_id)
-                    .values(**values)
-                    .returning(J)
-                )
-            ).one()
+                job = _job(row)
+                results.append(FinishResult(job=job, retrying=job.status is JobStatus.QUEUED))
+        return results
+
+    def _pg_finish_many(self, items: builtins.list[FinishItem], now: datetime) -> Any:
+        v = (
+            sa.func.unnest(
+                _array([i.job_id for i in items], sa.String),
+                _array([i.lease_id for i in items], sa.String),
+                _array([JobStatus(i.status).value for i in items], sa.String),
+                _array([i.exit_code for i in items], sa.Integer),
+                _array([i.error for i in items], sa.Text),
+                _array([i.output is not UNSET for i in items], sa.Boolean),
+                _array([None if i.output is UNSET else json.dumps(i.output) for i in items], sa.Text),
+                _array([i.condition for i in items], sa.Boolean),
+            )
+            .table_valued(
+                sa.column("id", sa.String),
+                sa.column("lease_id", sa.String),
+                sa.column("status", sa.String),
+                sa.column("exit_code", sa.Integer),
+                sa.column("error", sa.Text),
+                sa.column("has_output", sa.Boolean),
+                sa.column("output", sa.Text),
+                sa.column("condition", sa.Boolean),
+            )
+            .render_derived(name="v")
+        )
+        retry = sa.and_(
+            v.c.status.in_([s.value for s in RETRYABLE]),
+            J.c.attempt < J.c.max_attempts,
+            sa.not_(J.c.cancel_requested),
+        )
+        return (
+            sa.update(J)
+            .where(
+                J.c.id == v.c.id,
+                J.c.lease_id == v.c.lease_id,
+                _status_is(J.c.status, JobStatus.RUNNING),
+            )
+            .values(
+                exit_code=v.c.exit_code,
+                error=v.c.error,
+                output=sa.case(
+                    (v.c.has_output, sa.cast(v.c.output, postgresql.JSONB)), else_=J.c.output
+                ),
+                condition=sa.func.coalesce(v.c.condition, J.c.condition),
+                **self._pg_end_values(retry, v.c.status, now),
+            )
+            .returning(*J.c)
+        )
+
+    def _pg_end_values(self, retry: Any, status: Any, now: datetime) -> dict[str, Any]:
+        """The columns an attempt's end sets, the retry decision made by the row (``CASE``):
+        the backoff is ``min(backoff_max, backoff_base · 2^(attempt-1))`` seconds, rounded to
+        the microsecond as Python's ``timedelta`` does."""
+        at = sa.literal(now, schema.UTCDateTime())
+        delay = sa.func.least(
+            J.c.backoff_max,
+            J.c.backoff_base
+            * sa.func.power(sa.literal(2.0, sa.Float), sa.func.greatest(0, J.c.attempt - 1)),
+        )
+        micros = sa.func.round(delay * 1_000_000)
+        retry_at = at + micros * sa.literal_column("interval '1 microsecond'", sa.Interval)
+        return {
+            "status": sa.case((retry, JobStatus.QUEUED.value), else_=status),
+            "run_after": sa.case((retry, retry_at), else_=J.c.run_after),
+            "finished_at": sa.case((retry, J.c.finished_at), else_=at),
+            "lease_owner": sa.case((retry, sa.null()), else_=J.c.lease_owner),
+            "lease_id": None,
+            "lease_expires": None,
+        }
+
+    def _finish_one(
+        self, item: FinishItem, now: datetime, missing_ok: bool, c: sa.Connection
+    ) -> FinishResult | None:
+        status = JobStatus(item.status)
+        values: dict[str, Any] = {"exit_code": item.exit_code, "error": item.error}
+        if item.output is not UNSET:
+            values["output"] = item.output
+        if item.condition is not None:
+            values["condition"] = item.condition
+        if status not in RETRYABLE:
+            values.update(
+                status=status.value, finished_at=now, lease_expires=None, lease_id=None
+            )
+        elif self.store.is_postgres:
+            retry = sa.and_(J.c.attempt < J.c.max_attempts, sa.not_(J.c.cancel_requested))
+            values.update(self._pg_end_values(retry, status.value, now))
+        else:
+            return self._finish_reading_first(item, status, values, now, missing_ok, c)
+        row = c.execute(self._fenced_update(item).values(**values).returning(*J.c)).first()
+        if row is None:
+            if not missing_ok and not self._exists(c, item.job_id):
+                raise JobNotFound(item.job_id)
+            return None
+        job = _job(row)
+        return FinishResult(job=job, retrying=job.status is JobStatus.QUEUED)
+
+    def _finish_reading_first(
+        self,
+        item: FinishItem,
+        status: JobStatus,
+        values: dict[str, Any],
+        now: datetime,
+        missing_ok: bool,
+        c: sa.Connection,
+    ) -> FinishResult | None:
+        """A failure on SQLite: the retry decision in Python (SQLite's date arithmetic stops
+        at milliseconds). The writer lock keeps the row as read."""
+        row = c.execute(
+            sa.select(
+                J.c.status,
+                J.c.lease_id,
+                J.c.attempt,
+                J.c.max_attempts,
+                J.c.cancel_requested,
+                J.c.backoff_base,
+                J.c.backoff_max,
+            ).where(J.c.id == item.job_id)
+        ).first()
+        if row is None:
+            if missing_ok:
+                return None
+            raise JobNotFound(item.job_id)
+        if row.status != JobStatus.RUNNING.value or row.lease_id != item.lease_id:
+            return None
+        retry = row.attempt < row.max_attempts and not row.cancel_requested
+        if retry:
+            delay = _backoff(row.backoff_base, row.backoff_max, row.attempt)
+            values.update(
+                status=JobStatus.QUEUED.value,
+                run_after=now + timedelta(seconds=delay),
+                lease_owner=None,
+                lease_id=None,
+                lease_expires=None,
+            )
+        else:
+            values.update(status=status.value, finished_at=now, lease_expires=None, lease_id=None)
+        updated = c.execute(self._fenced_update(item).values(**values).returning(*J.c)).one()
         return FinishResult(job=_job(updated), retrying=retry)
+
+    @staticmethod
+    def _fenced_update(item: FinishItem) -> Any:
+        return sa.update(J).where(
+            J.c.id == item.job_id,
+            J.c.lease_id == item.lease_id,
+            _status_is(J.c.status, JobStatus.RUNNING),
+        )
+
+    @staticmethod
+    def _exists(c: sa.Connection, job_id: str) -> bool:
+        return c.execute(sa.select(J.c.id).where(J.c.id == job_id)).first() is not None
 
     async def release(self, job_id: str, lease_id: str) -> bool:
         """Give a running attempt back without counting it (the worker is shutting down)."""
-        async with self.store.begin() as conn:
-            result = await conn.execute(
+        now = self.clock.now()
+
+        def give_back(c: sa.Connection) -> bool:
+            result = c.execute(
                 sa.update(J)
                 .where(
                     J.c.id == job_id,
                     J.c.lease_id == lease_id,
-                    J.c.status == JobStatus.RUNNING.value,
+                    _status_is(J.c.status, JobStatus.RUNNING),
                 )
                 .values(
                     status=JobStatus.QUEUED.value,
@@ -424,56 +833,58 @@ class JobQueue:
                     lease_owner=None,
                     lease_id=None,
                     lease_expires=None,
-                    run_after=self.clock.now(),
+                    run_after=now,
                 )
             )
-        return bool(result.rowcount)
+            return bool(result.rowcount)
+
+        return await self._run(give_back, one_statement=True)
 
     async def request_cancel(self, job_id: str, conn: AsyncConnection | None = None) -> Job:
         """Cancel: a queued job ends at once; a running one is flagged and its worker stops it."""
         now = self.clock.now()
-        async with self._tx(conn) as c:
-            row = (
-                await c.execute(
-                    sa.update(J)
-                    .where(J.c.id == job_id, J.c.status == JobStatus.QUEUED.value)
-                    .values(
-                        status=JobStatus.CANCELLED.value,
-                        cancel_requested=True,
-                        finished_at=now,
-                        error="cancelled before it started",
-                    )
-                    .returning(J)
+
+        def cancel(c: sa.Connection) -> Job:
+            row = c.execute(
+                sa.update(J)
+                .where(J.c.id == job_id, J.c.status == JobStatus.QUEUED.value)
+                .values(
+                    status=JobStatus.CANCELLED.value,
+                    cancel_requested=True,
+                    finished_at=now,
+                    error="cancelled before it started",
                 )
+                .returning(*J.c)
             ).first()
             if row is None:
-                row = (
-                    await c.execute(
-                        sa.update(J)
-                        .where(J.c.id == job_id, J.c.status == JobStatus.RUNNING.value)
-                        .values(cancel_requested=True)
-                        .returning(J)
-                    )
+                row = c.execute(
+                    sa.update(J)
+                    .where(J.c.id == job_id, J.c.status == JobStatus.RUNNING.value)
+                    .values(cancel_requested=True)
+                    .returning(*J.c)
                 ).first()
             if row is None:
-                row = (await c.execute(sa.select(J).where(J.c.id == job_id))).first()
+                row = c.execute(sa.select(J).where(J.c.id == job_id)).first()
                 if row is None:
                     raise JobNotFound(job_id)
-        return _job(row)
+            return _job(row)
+
+        return await self._run(cancel, conn)
 
     async def reap(self, conn: AsyncConnection | None = None) -> ReapResult:
         """Return jobs whose lease expired (their worker is gone) to the queue, or fail them
         when their attempts are spent."""
         now = self.clock.now()
-        requeued: builtins.list[Job] = []
-        failed: builtins.list[Job] = []
-        async with self._tx(conn) as c:
+
+        def sweep(c: sa.Connection) -> ReapResult:
+            requeued: builtins.list[Job] = []
+            failed: builtins.list[Job] = []
             select = sa.select(J).where(
-                J.c.status == JobStatus.RUNNING.value, J.c.lease_expires < self._lease_time()
+                _status_is(J.c.status, JobStatus.RUNNING), J.c.lease_expires < self._lease_time()
             )
             if self.store.is_postgres:
                 select = select.with_for_update(skip_locked=True)
-            for row in (await c.execute(select)).all():
+            for row in c.execute(select).all():
                 job = _job(row)
                 reason = f"worker {job.lease_owner} lost (lease expired)"
                 if job.attempt < job.max_attempts and not job.cancel_requested:
@@ -488,16 +899,16 @@ class JobQueue:
                     status = JobStatus.CANCELLED if job.cancel_requested else JobStatus.FAILED
                     values = dict(status=status.value, finished_at=now, error=reason)
                     target = failed
-                new = (
-                    await c.execute(
-                        sa.update(J)
-                        .where(J.c.id == job.id, J.c.lease_id == job.lease_id)
-                        .values(lease_owner=None, lease_id=None, lease_expires=None, **values)
-                        .returning(J)
-                    )
+                new = c.execute(
+                    sa.update(J)
+                    .where(J.c.id == job.id, J.c.lease_id == job.lease_id)
+                    .values(lease_owner=None, lease_id=None, lease_expires=None, **values)
+                    .returning(*J.c)
                 ).one()
                 target.append(_job(new))
-        return ReapResult(requeued=requeued, failed=failed)
+            return ReapResult(requeued=requeued, failed=failed)
+
+        return await self._run(sweep, conn)
 
     # -- reading ------------------------------------------------------------------------
 
@@ -556,11 +967,10 @@ class JobQueue:
         lines are dropped and one system line says so."""
         if not lines:
             return []
-        async with self.store.begin() as conn:
-            row = (
-                await conn.execute(
-                    sa.select(J.c.log_seq, J.c.log_bytes, J.c.log_truncated).where(J.c.id == job_id)
-                )
+
+        def append(c: sa.Connection) -> builtins.list[LogLine]:
+            row = c.execute(
+                sa.select(J.c.log_seq, J.c.log_bytes, J.c.log_truncated).where(J.c.id == job_id)
             ).first()
             if row is None:
                 raise JobNotFound(job_id)
@@ -591,7 +1001,7 @@ class JobQueue:
                         job_id=job_id, seq=seq, stream=stream, time=time, text=text, attempt=attempt
                     )
                 )
-            await conn.execute(
+            c.execute(
                 sa.insert(schema.job_logs),
                 [
                     {
@@ -605,12 +1015,14 @@ class JobQueue:
                     for ln in stored
                 ],
             )
-            await conn.execute(
+            c.execute(
                 sa.update(J)
                 .where(J.c.id == job_id)
                 .values(log_seq=seq, log_bytes=size, log_truncated=truncated)
             )
-        return stored
+            return stored
+
+        return await self._run(append)
 
     async def read_logs(
         self, job_id: str, *, after: int = 0, limit: int = 1000
@@ -636,6 +1048,18 @@ class JobQueue:
             )
             for r in rows
         ]
+
+
+def _enqueue_item(item: EnqueueItem | tuple[Event, Mapping[str, Any]]) -> EnqueueItem:
+    if isinstance(item, EnqueueItem):
+        return item
+    event, kwargs = item
+    return EnqueueItem(event=event, **kwargs)
+
+
+def _check_final(status: JobStatus) -> None:
+    if not JobStatus(status).finished:
+        raise ValueError(f"finish() needs a final status, not {status}")
 
 
 __all__ += ["FINISHED_STATUSES"]

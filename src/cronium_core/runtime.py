@@ -15,35 +15,55 @@ Writes are fenced on that same ``lease_id`` by the queue, so a token that passes
 
 Each execution gets a token bucket (:class:`RateLimiter`), in process; over it, ``RateLimited``.
 
-Variables, tool actions and metrics are a later slice: the HTTP layer answers 501 for them and
-:func:`check_variable_key` already holds the key rules of the wire contract.
+Variables belong to the user who owns the job's event (:mod:`cronium_core.variables`): a
+script sees its owner's variables and no one else's. :func:`check_variable_key` holds the key
+rules of the wire contract. A service built without a variables store or a tool registry
+raises :class:`FeatureUnavailable` for them (HTTP 501).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import re
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 from anyio.abc import TaskStatus
 
 from .datastore import DataStore
-from .errors import ExecutionForbidden, InvalidToken, JobNotFound, RateLimited, ValidationError
+from .errors import (
+    CroniumError,
+    ExecutionForbidden,
+    InvalidToken,
+    JobNotFound,
+    RateLimited,
+    ValidationError,
+)
 from .events import Action, HttpRequest, Script, ToolAction
 from .jobs import Job, JobStatus
 from .queue import JobQueue
 from .tokens import ExecutionTokens
 
-__all__ = ["RateLimiter", "RuntimeService", "check_json_value", "check_variable_key"]
+if TYPE_CHECKING:
+    from .variables import VariableStore
+
+__all__ = [
+    "FeatureUnavailable",
+    "RateLimiter",
+    "RuntimeService",
+    "check_json_value",
+    "check_variable_key",
+]
 
 log = logging.getLogger("cronium.runtime")
 
 #: variable keys a script may not use: they would shadow what the runtime sets
 RESERVED_VARIABLE_PREFIXES = ("CRONIUM_", "SYSTEM_", "NODE_", "PATH", "HOME")
-MAX_VARIABLE_KEY = 200
+MAX_VARIABLE_KEY = 128
+_VARIABLE_KEY = re.compile(r"[A-Za-z0-9_.-]+")
 #: nesting deeper than this is refused before it reaches the store's JSON encoder
 MAX_JSON_DEPTH = 100
 
@@ -92,10 +112,21 @@ class RateLimiter:
                 del self._buckets[key]
 
 
+class FeatureUnavailable(CroniumError):
+    """A runtime API feature this service was built without (no variables store, no tool
+    registry); the HTTP layer answers 501."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+
+
 def check_variable_key(key: str) -> str:
-    """A variable key as the wire contract allows it, or ``ValidationError``."""
-    if not key or len(key) > MAX_VARIABLE_KEY or any(ord(c) < 32 for c in key):
-        raise ValidationError("key", f"must be 1-{MAX_VARIABLE_KEY} printable characters")
+    """A variable key as the wire contract allows it, or ``ValidationError``: 1-128 of
+    ``[A-Za-z0-9_.-]``, not starting with a reserved prefix (in any case)."""
+    if not 0 < len(key) <= MAX_VARIABLE_KEY:
+        raise ValidationError("key", f"must be 1-{MAX_VARIABLE_KEY} characters")
+    if not _VARIABLE_KEY.fullmatch(key):
+        raise ValidationError("key", "may only hold letters, digits, '_', '.' and '-'")
     if key.upper().startswith(RESERVED_VARIABLE_PREFIXES):
         raise ValidationError("key", f"may not start with {', '.join(RESERVED_VARIABLE_PREFIXES)}")
     return key
@@ -164,6 +195,10 @@ class RuntimeService:
     tokens: ExecutionTokens
     #: ``None`` turns rate limiting off
     limiter: RateLimiter | None = attrs.field(factory=RateLimiter, kw_only=True)
+    #: the users' variables; ``None``: the variables routes answer 501
+    variables: VariableStore | None = attrs.field(default=None, kw_only=True)
+    #: a ``cronium_core.tools.ToolRegistry``; ``None``: tool actions answer 501
+    tools: Any | None = attrs.field(default=None, kw_only=True)
 
     async def authorize(self, token: str | None, execution_id: str | None = None) -> Job:
         """The running job the token may act on. ``execution_id`` is the one named by the
@@ -213,6 +248,44 @@ class RuntimeService:
             raise ValidationError("condition", "must be true or false")
         if not await self.queue.set_condition(job.id, _lease(job), condition):
             raise InvalidToken("attempt over (ended or re-claimed)")
+
+    # -- the owner's variables ---------------------------------------------------------
+
+    async def get_variable(self, job: Job, key: str) -> dict[str, Any]:
+        """``{"key", "value"}`` of the job owner's variable (secrets decrypted: the script
+        asked for it); ``VariableNotFound`` when the owner has none by that key."""
+        check_variable_key(key)
+        variables = self._variables()
+        variable = await variables.get(await self._owner(job), key)
+        return {"key": key, "value": variable.value}
+
+    async def set_variable(
+        self, job: Job, key: str, value: Any, *, secret: bool | None = None
+    ) -> None:
+        """Create or replace the job owner's variable. ``secret=None`` keeps the variable's
+        current flag (a new variable is not secret)."""
+        check_variable_key(key)
+        if secret is not None and not isinstance(secret, bool):
+            raise ValidationError("secret", "must be true or false")
+        check_json_value(value, "value")
+        variables = self._variables()
+        await variables.set(await self._owner(job), key, value, secret=secret)
+
+    def _variables(self) -> VariableStore:
+        if self.variables is None:
+            raise FeatureUnavailable("variables arrive with the variables store")
+        return self.variables
+
+    async def _owner(self, job: Job) -> str:
+        return (await self.store.get_event(job.event_id)).owner
+
+    # -- tool actions ------------------------------------------------------------------
+
+    async def tool_action(self, job: Job, tool: str, action: str, config: dict[str, Any]) -> Any:
+        """Run ``action`` of ``tool`` for the job's script; the registry's result."""
+        if self.tools is None:
+            raise FeatureUnavailable("tool actions arrive with the tool plugins")
+        return await self.tools.execute(tool, action, config, job=job)
 
     async def context(self, job: Job) -> dict[str, Any]:
         """What ``cronium.event()`` returns: the event, this execution, its workflow run."""

@@ -166,9 +166,33 @@ jobs = sa.Table(
     sa.Column("log_seq", sa.Integer, nullable=False, server_default="0"),
     sa.Column("log_bytes", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("log_truncated", sa.Boolean, nullable=False, server_default=sa.false()),
-    sa.Index("ix_jobs_claim", "status", "priority", "run_after"),
-    sa.Index("ix_jobs_lease", "status", "lease_expires"),
-    sa.Index("ix_jobs_concurrency", "concurrency_key", "status"),
+)
+
+_QUEUED = sa.text("status = 'queued'")
+_RUNNING = sa.text("status = 'running'")
+# Partial indexes: a job is in them only while it is queued (or running), so finished jobs,
+# the bulk of the table, cost them nothing, and a job's later updates skip them. The queue's
+# queries spell the status as a literal so that the planners can use them.
+#: the claim's ORDER BY exactly: a claim reads the first due entries and stops, however deep
+#: the queue (PostgreSQL sorts NULL fire times last in an ascending index, as the claim does)
+sa.Index(
+    "ix_jobs_claim",
+    jobs.c.priority.desc(),
+    jobs.c.run_after,
+    jobs.c.created_at,
+    jobs.c.fire_time,
+    jobs.c.id,
+    postgresql_where=_QUEUED,
+    sqlite_where=_QUEUED,
+)
+#: the reaper's expired leases
+sa.Index("ix_jobs_lease", jobs.c.lease_expires, postgresql_where=_RUNNING, sqlite_where=_RUNNING)
+#: running jobs per concurrency key (the claim's limit check)
+sa.Index(
+    "ix_jobs_concurrency",
+    jobs.c.concurrency_key,
+    postgresql_where=_RUNNING,
+    sqlite_where=_RUNNING,
 )
 
 job_logs = sa.Table(
@@ -213,10 +237,40 @@ async def _v1(conn: AsyncConnection) -> None:
     await conn.run_sync(lambda sync: metadata.create_all(sync, tables=V1_TABLES))
 
 
+variables = sa.Table(
+    "variables",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("owner", sa.String(64), nullable=False),
+    sa.Column("key", sa.String(128), nullable=False),
+    # a plain variable's JSON value; NULL for a secret
+    sa.Column("value", JSONType, nullable=True),
+    # a secret's value, encrypted (cronium_core.crypto) and bound to this row; NULL otherwise
+    sa.Column("ciphertext", sa.Text, nullable=True),
+    # the key that sealed the ciphertext: what a key rotation looks for
+    sa.Column("key_id", sa.String(32), nullable=True),
+    sa.Column("secret", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("created_at", Timestamp, nullable=False),
+    sa.Column("updated_at", Timestamp, nullable=False),
+    sa.UniqueConstraint("owner", "key", name="uq_variables_owner_key"),
+    sa.CheckConstraint(
+        "(secret AND ciphertext IS NOT NULL) OR (NOT secret AND ciphertext IS NULL)",
+        name="ck_variables_secret_sealed",
+    ),
+    sa.Index("ix_variables_key_id", "key_id"),
+)
+
+V2_TABLES = [variables]
+
+
+async def _v2(conn: AsyncConnection) -> None:
+    await conn.run_sync(lambda sync: metadata.create_all(sync, tables=V2_TABLES))
+
+
 Migration = Callable[[AsyncConnection], Awaitable[None]]
 
 #: version -> migration that brings the schema from version-1 to version
-MIGRATIONS: dict[int, Migration] = {1: _v1}
+MIGRATIONS: dict[int, Migration] = {1: _v1, 2: _v2}
 SCHEMA_VERSION = max(MIGRATIONS)
 
 

@@ -190,6 +190,10 @@ class Worker:
             with anyio.CancelScope(shield=True):
                 await flush()
                 await self._record(running, status, exit_code, error, output, condition)
+        except Exception:
+            # one job's bookkeeping failing (the database went away, ...) must not take the
+            # worker down; the job's lease runs out and the reaper gives it another attempt
+            log.exception("job %s: recording its run failed; its lease will expire", job.id)
         finally:
             self._running.pop(job.id, None)
             self._wake.set()

@@ -67,7 +67,8 @@ class JobProcess(Protocol):
 
 
 class ColdProcess:
-    """A freshly spawned interpreter (``anyio.open_process``) as a :class:`JobProcess`."""
+    """A job the worker spawned itself (``anyio.open_process``: while the zygote is down) as
+    a :class:`JobProcess`."""
 
     def __init__(self, process: Process) -> None:
         assert process.stdout is not None

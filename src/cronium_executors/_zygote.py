@@ -14,7 +14,8 @@ as stdin, its working directory and nothing but its own environment:
   the zygote ignores back at its default and an empty signal mask (but for glibc's two
   internal signals, which its ``posix_spawn`` leaves ignored and glibc sets when it uses them);
 - ``fork``: a Python script run by a forked child of this very interpreter (the warm pool),
-  which saves the interpreter's start-up on every Python job.
+  which saves the interpreter's start-up on every Python job. The child is forked ahead of
+  the job when it can be (the *spare*, made ready while the zygote waits for the next job).
 
 Protocol, over the control socket (``SOCK_SEQPACKET``, one message per job): a JSON object
 ``{"mode": "exec" | "fork", "argv": [...], "cwd": ..., "env": {...}}`` carrying three file
@@ -63,8 +64,8 @@ from typing import Any
 
 MAX_MESSAGE = 256 * 1024
 _FDS_PER_JOB = 3
-#: what runpy and a script's end import lazily: imported here once, not in every child
-_PRELOAD = ("pkgutil", "weakref", "threading")
+#: what runpy imports lazily: imported here once, not in every child
+_PRELOAD = ("pkgutil", "weakref")
 #: the signal the kernel sends the zygote when the worker dies
 _PARENT_DIED = signal.SIGHUP
 _PR_SET_PDEATHSIG = 1
@@ -202,22 +203,22 @@ class Zygote:
         return pid
 
     def fork_spare(self) -> None:
-        """Fork the child of the next Python job ahead of it. What a child does first, and
-        the pages of the zygote it copies doing it (a page fault costs microseconds, and a
-        forked interpreter takes hundreds), is then done before the job waits for it."""
+        """Fork the child of the next Python job ahead of it, and have it rehearse running a
+        script. A forked child copies each page of the zygote the first time it writes to it
+        (a page fault: microseconds each, and starting a script takes hundreds); the spare
+        takes those before the job, not while the job waits."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         pid = os.fork()
         if pid == 0:
             code = 1
             try:
                 self.leave_zygote(keep=(theirs.fileno(),))
+                _rehearse()
                 theirs.send(b"ready")
                 message, fds, _ = _receive_with_fds(theirs)
                 theirs.close()
-                if len(fds) == 2:  # else the zygote has gone, without a job for us
-                    code = self.run_job(json.loads(message), *fds)
-                else:
-                    code = 0
+                # no descriptors: the zygote has gone, without a job for us
+                code = self.run_job(json.loads(message), *fds) if len(fds) == 2 else 0
             finally:
                 os._exit(code)
         theirs.close()
@@ -250,7 +251,7 @@ class Zygote:
 
     def drop_spare(self) -> None:
         if self.spare is not None:
-            pid, sock, _ = self.spare
+            sock = self.spare[1]
             self.spare = None
             sock.close()  # it exits when its socket ends
 
@@ -342,6 +343,13 @@ class Zygote:
         if tempfile is not None:
             tempfile.tempdir = None  # it caches TMPDIR
         return _run_script(argv[0])
+
+
+def _rehearse() -> None:
+    """Run an empty script the way a job's runs, leaving nothing behind."""
+    with contextlib.suppress(Exception):
+        runpy.run_path(os.devnull, run_name="__main__")
+    sys.path_importer_cache.pop(os.devnull, None)
 
 
 def _receive_with_fds(sock: socket.socket) -> tuple[bytes, list[int], int]:

@@ -45,6 +45,7 @@ The worker must reap orphans: when it runs as PID 1 of a container, start it wit
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -141,7 +142,8 @@ class _Workspace:
         case: two system calls, not worth a thread); False when more work is left."""
         try:
             if script is not None:
-                os.unlink(script)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(script)
             os.rmdir(self.root)
         except OSError:
             return False

@@ -33,7 +33,7 @@ from cronium_core.errors import (
     ValidationError,
 )
 from cronium_core.jobs import Job
-from cronium_core.runtime import RuntimeService, check_variable_key
+from cronium_core.runtime import FeatureUnavailable, RuntimeService
 
 __all__ = ["MAX_BODY", "OPENAPI", "create_app", "error_status"]
 
@@ -100,6 +100,7 @@ _STATUSES: list[tuple[type[CroniumError], int, str]] = [
     (NotFound, 404, "not_found"),
     (Conflict, 409, "conflict"),
     (RateLimited, 429, "rate_limited"),
+    (FeatureUnavailable, 501, "not_implemented"),
 ]
 
 
@@ -220,9 +221,16 @@ class _Handlers:
         return _ok(await self.service.context(job))
 
     async def variable(self, request: Request) -> Response:
-        await self._job(request)
-        check_variable_key(request.path_params["key"])
-        return _error(501, "not_implemented", "variables arrive with the variables store")
+        job = await self._job(request)
+        key = request.path_params["key"]
+        if request.method == "GET":
+            return _ok(await self.service.get_variable(job, key))
+        body = await _json_object(request, self.max_body)
+        secret = body.get("secret")
+        if secret is not None and not isinstance(secret, bool):
+            raise ValidationError("secret", "must be true or false")
+        await self.service.set_variable(job, key, _field(body, "value"), secret=secret)
+        return _ok()
 
     async def execute_tool_action(self, request: Request) -> Response:
         await self.service.authorize(_bearer(request))
@@ -269,7 +277,10 @@ def _json_body(schema: dict[str, Any]) -> dict[str, Any]:
 _ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"},
        "description": "the execution (job) id: CRONIUM_EXECUTION_ID"}  # fmt: skip
 _KEY = {"name": "key", "in": "path", "required": True,
-        "schema": {"type": "string", "minLength": 1, "maxLength": 200}}  # fmt: skip
+        "schema": {"type": "string", "minLength": 1, "maxLength": 128,
+                   "pattern": "^[A-Za-z0-9_.-]+$"},
+        "description": "may not start with CRONIUM_, SYSTEM_, NODE_, PATH or HOME "
+                       "(in any case)"}  # fmt: skip
 _AUTH = (401, 403, 429)
 _WRITE = (400, 401, 403, 413, 429)
 _ERROR_TEXT = {
@@ -347,16 +358,27 @@ OPENAPI: dict[str, Any] = {
         "/executions/{id}/variables/{key}": {
             "parameters": [_ID, _KEY],
             "get": {
-                "summary": "a variable (not implemented yet)",
+                "summary": "a variable of the event's owner (404 when there is none)",
                 "responses": {
                     "200": _success(_ref("schemas/Variable")),
                     **_errors(400, *_AUTH, 404, 501),
                 },
             },
             "put": {
-                "summary": "set a variable (not implemented yet)",
+                "summary": "create or replace a variable of the event's owner",
                 "requestBody": _json_body(
-                    {"type": "object", "required": ["value"], "properties": {"value": {}}}
+                    {
+                        "type": "object",
+                        "required": ["value"],
+                        "properties": {
+                            "value": {},
+                            "secret": {
+                                "type": "boolean",
+                                "description": "encrypt it and mask it in logs (a string of "
+                                "4+ characters); omitted: keep the variable's current flag",
+                            },
+                        },
+                    }
                 ),
                 "responses": {"200": _success({"type": "null"}), **_errors(*_WRITE, 501)},
             },

@@ -1,0 +1,568 @@
+"""Variables: a user's named JSON values, which scripts read and write through the runtime API
+(ARCHITECTURE §4, §9), some of them secrets (RELIABILITY §9.6).
+
+:class:`VariableStore` keeps them in the ``variables`` table, one row per (owner, key):
+
+- a plain variable's value is stored as JSON;
+- a secret's value is encrypted by a :class:`~cronium_core.crypto.Cipher` and bound to its row
+  (table, row id, owner, key), so that no plaintext of a secret is ever written to the database
+  and a ciphertext moved to another row does not decrypt (K1, K2);
+- :meth:`VariableStore.rotate` re-encrypts, batch by batch, the secrets sealed by a key that is
+  no longer the current one; rerun it after a crash, it carries on (K3).
+
+Reads go through a :class:`VariableCache`: in process, with a time to live, emptied for a key
+on every write made through this process. Without a shared layer, *another* process's write is
+seen once the local entry expires (``ttl``, 5 s by default). With a :class:`ValkeyCache` every
+read first asks Valkey/Redis for the key's version, which every write replaces after it commits:
+a write made through any process is seen by the next read of every other process. Rows are
+cached as stored: a secret stays encrypted in every cache, in memory and in Valkey.
+
+If Valkey cannot be reached, reads go to the database (correct, slower) and a warning is
+logged. A write whose version could not be replaced leaves the other processes' entries for
+that key stale until they expire (``ttl`` locally, ``ValkeyCache.ttl`` in Valkey).
+"""
+
+from __future__ import annotations
+
+import builtins
+import hashlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from contextlib import AsyncExitStack
+from datetime import datetime
+from typing import Any
+
+import attrs
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+
+from . import schema
+from .crypto import Cipher, DecryptionFailed
+from .datastore import DataStore, new_id
+from .errors import Conflict, NotFound, ValidationError
+from .masking import MIN_SECRET_LENGTH
+from .runtime import check_json_value, check_variable_key
+
+__all__ = [
+    "RotationReport",
+    "ValkeyCache",
+    "Variable",
+    "VariableCache",
+    "VariableNotFound",
+    "VariableStore",
+    "check_key",
+    "check_secret_value",
+    "sealing_context",
+]
+
+log = logging.getLogger("cronium.variables")
+
+MAX_OWNER = 64
+_table = schema.variables
+
+#: the key rules of the wire contract (1-128 of ``[A-Za-z0-9_.-]``, no reserved prefix)
+check_key = check_variable_key
+
+
+class VariableNotFound(NotFound):
+    kind = "variable"
+
+
+def check_secret_value(value: Any) -> str:
+    """A secret's value: a string of at least :data:`MIN_SECRET_LENGTH` characters besides
+    surrounding whitespace. Shorter ones are refused rather than masked character by
+    character in every log (which would both ruin the logs and give the secret away)."""
+    if not isinstance(value, str):
+        raise ValidationError("value", "a secret must be a string")
+    if len(value.strip()) < MIN_SECRET_LENGTH:
+        raise ValidationError("value", f"a secret must be at least {MIN_SECRET_LENGTH} characters")
+    return value
+
+
+def _check_owner(owner: str) -> str:
+    if not owner or len(owner) > MAX_OWNER:
+        raise ValidationError("owner", f"must be 1-{MAX_OWNER} characters")
+    return owner
+
+
+def sealing_context(row_id: str, owner: str, key: str) -> bytes:
+    """What a secret's ciphertext is bound to: the table, its row, its owner and its key."""
+    return json.dumps(["variables", row_id, owner, key]).encode()
+
+
+@attrs.frozen(kw_only=True)
+class Variable:
+    """A variable as callers see it. In listings a secret's ``value`` is ``None``."""
+
+    owner: str
+    key: str
+    value: Any
+    secret: bool
+    created_at: datetime
+    updated_at: datetime
+
+
+@attrs.frozen(kw_only=True)
+class _Row:
+    """A row as stored: what the caches hold (a secret still sealed)."""
+
+    id: str
+    owner: str
+    key: str
+    value: Any
+    ciphertext: str | None
+    secret: bool
+    created_at: datetime
+    updated_at: datetime
+
+    def to_json(self) -> dict[str, Any]:
+        data = attrs.asdict(self)
+        data["created_at"] = self.created_at.isoformat()
+        data["updated_at"] = self.updated_at.isoformat()
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> _Row:
+        data = dict(data)
+        data["created_at"] = datetime.fromisoformat(data["created_at"])
+        data["updated_at"] = datetime.fromisoformat(data["updated_at"])
+        return cls(**data)
+
+
+@attrs.frozen(kw_only=True)
+class RotationReport:
+    #: secrets re-encrypted under the current key by this run
+    rotated: int
+    #: (owner, key) of secrets that no held key could decrypt; left as they were
+    failed: tuple[tuple[str, str], ...]
+    batches: int
+    #: False when ``max_batches`` stopped the run before it ran out of rows
+    complete: bool
+
+
+# -- caches ------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class _Lookup:
+    owner: str
+    key: str
+    hit: bool
+    row: _Row | None
+    #: the shared version this read was made under; None without a shared layer
+    version: str | None
+    #: the local write count when the read began: a write since then forbids the fill
+    writes: int
+    #: the shared layer failed: neither use nor fill any cache
+    bypass: bool = False
+
+
+@attrs.define(eq=False)
+class _Entry:
+    row: _Row | None
+    version: str | None
+    expires: float
+
+
+@attrs.define(kw_only=True, eq=False)
+class ValkeyCache:
+    """The shared layer of :class:`VariableCache`, in Valkey or Redis (``valkey`` package).
+
+    Per variable it holds a *version* (a random token, replaced by every write, so that a
+    version never comes back after an eviction or a restart) and the row read under each
+    version. A row read under an old version is never served once the version has moved on.
+    """
+
+    url: str
+    prefix: str = "cronium:variables"
+    #: seconds a row stays in Valkey
+    ttl: float = 300.0
+    #: seconds a version lives without writes (a version that expires is simply replaced)
+    version_ttl: int = 86_400
+    timeout: float = 2.0
+    _client: Any = attrs.field(init=False, default=None)
+    _errors: tuple[type[BaseException], ...] = attrs.field(init=False, default=(OSError,))
+
+    async def start(self, exit_stack: AsyncExitStack) -> None:
+        try:
+            from valkey import asyncio as valkey
+            from valkey.exceptions import ValkeyError
+        except ImportError:
+            raise ValidationError(
+                "valkey_url", "a shared cache needs the valkey package: pip install cronium[valkey]"
+            ) from None
+        self._errors = (ValkeyError, OSError)
+        self._client = valkey.Valkey.from_url(
+            self.url, socket_timeout=self.timeout, socket_connect_timeout=self.timeout
+        )
+        exit_stack.push_async_callback(self._client.aclose)
+
+    @property
+    def errors(self) -> tuple[type[BaseException], ...]:
+        """What a call may raise when Valkey is unreachable or unwell."""
+        return self._errors
+
+    def _ident(self, owner: str, key: str) -> str:
+        # hashed: the owner's name and the key stay out of Valkey's key space
+        return hashlib.sha256(json.dumps([owner, key]).encode()).hexdigest()[:40]
+
+    async def version(self, owner: str, key: str) -> str:
+        name = f"{self.prefix}:v:{self._ident(owner, key)}"
+        found = await self._client.get(name)
+        if found is None:
+            fresh = uuid.uuid4().hex
+            if await self._client.set(name, fresh, nx=True, ex=self.version_ttl):
+                return fresh
+            found = await self._client.get(name)
+            if found is None:  # expired in between: a version nobody else holds is safe
+                return fresh
+        return bytes(found).decode()
+
+    async def get(self, owner: str, key: str, version: str) -> tuple[bool, _Row | None]:
+        """(found, row): found False when nothing is cached for this version."""
+        raw = await self._client.get(f"{self.prefix}:d:{self._ident(owner, key)}:{version}")
+        if raw is None:
+            return False, None
+        data = json.loads(raw)
+        return True, (_Row.from_json(data["row"]) if data["row"] is not None else None)
+
+    async def put(self, owner: str, key: str, version: str, row: _Row | None) -> None:
+        payload = json.dumps({"row": row.to_json() if row is not None else None})
+        name = f"{self.prefix}:d:{self._ident(owner, key)}:{version}"
+        await self._client.set(name, payload, px=max(1, int(self.ttl * 1000)))
+
+    async def bump(self, keys: Iterable[tuple[str, str]]) -> None:
+        """Give each variable a new version: every cached row of it is dead."""
+        async with self._client.pipeline(transaction=False) as pipe:
+            for owner, key in keys:
+                name = f"{self.prefix}:v:{self._ident(owner, key)}"
+                pipe.set(name, uuid.uuid4().hex, ex=self.version_ttl)
+            await pipe.execute()
+
+
+@attrs.define(kw_only=True, eq=False)
+class VariableCache:
+    """The read cache of a :class:`VariableStore`: in process (a dict with a time to live),
+    checked against a :class:`ValkeyCache` when one is given. Absent variables are cached
+    too (scripts often ask for variables that do not exist)."""
+
+    #: seconds a local entry lives
+    ttl: float = 5.0
+    max_entries: int = 10_000
+    shared: ValkeyCache | None = None
+    monotonic: Callable[[], float] = time.monotonic
+    #: reads served without the database (from memory or from Valkey)
+    hits: int = attrs.field(init=False, default=0)
+    #: of those, the ones Valkey served
+    shared_hits: int = attrs.field(init=False, default=0)
+    #: reads that went to the database
+    misses: int = attrs.field(init=False, default=0)
+    _entries: dict[tuple[str, str], _Entry] = attrs.field(init=False, factory=dict)
+    _writes: int = attrs.field(init=False, default=0)
+    _warned_at: float | None = attrs.field(init=False, default=None)
+
+    async def start(self, exit_stack: AsyncExitStack) -> None:
+        if self.shared is not None:
+            await self.shared.start(exit_stack)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    async def lookup(self, owner: str, key: str) -> _Lookup:
+        ident = (owner, key)
+        version: str | None = None
+        if self.shared is not None:
+            try:
+                version = await self.shared.version(owner, key)
+            except self.shared.errors as exc:
+                return self._bypass(owner, key, exc)
+        entry = self._entries.get(ident)
+        if entry is not None:
+            if entry.expires > self.monotonic() and entry.version == version:
+                self.hits += 1
+                return _Lookup(owner, key, True, entry.row, version, self._writes)
+            del self._entries[ident]
+        if self.shared is not None and version is not None:
+            try:
+                found, row = await self.shared.get(owner, key, version)
+            except self.shared.errors as exc:
+                return self._bypass(owner, key, exc)
+            if found:
+                self.hits += 1
+                self.shared_hits += 1
+                self._keep(ident, row, version)
+                return _Lookup(owner, key, True, row, version, self._writes)
+        self.misses += 1
+        return _Lookup(owner, key, False, None, version, self._writes)
+
+    async def fill(self, lookup: _Lookup, row: _Row | None) -> None:
+        """Cache what the database said after a missed ``lookup``."""
+        if lookup.bypass or lookup.hit or lookup.writes != self._writes:
+            return  # a write began meanwhile: what was read may be older than it
+        self._keep((lookup.owner, lookup.key), row, lookup.version)
+        if self.shared is not None and lookup.version is not None:
+            try:
+                await self.shared.put(lookup.owner, lookup.key, lookup.version, row)
+            except self.shared.errors as exc:
+                self._warn(exc)
+
+    async def invalidate(self, keys: Iterable[tuple[str, str]]) -> None:
+        """Forget these variables (after their write has committed), here and everywhere."""
+        keys = builtins.list(keys)
+        self._writes += 1
+        for ident in keys:
+            self._entries.pop(ident, None)
+        if self.shared is not None and keys:
+            try:
+                await self.shared.bump(keys)
+            except self.shared.errors:
+                log.exception(
+                    "could not publish a variable write to the shared cache; other processes "
+                    "may read the old value for up to %g s",
+                    max(self.ttl, self.shared.ttl),
+                )
+
+    def _keep(self, ident: tuple[str, str], row: _Row | None, version: str | None) -> None:
+        self._entries.pop(ident, None)
+        while len(self._entries) >= self.max_entries:
+            del self._entries[next(iter(self._entries))]  # the oldest fill goes first
+        self._entries[ident] = _Entry(row, version, self.monotonic() + self.ttl)
+
+    def _bypass(self, owner: str, key: str, exc: BaseException) -> _Lookup:
+        self._warn(exc)
+        self._entries.pop((owner, key), None)
+        self.misses += 1
+        return _Lookup(owner, key, False, None, None, self._writes, bypass=True)
+
+    def _warn(self, exc: BaseException) -> None:
+        now = self.monotonic()
+        if self._warned_at is None or now - self._warned_at >= 60:
+            self._warned_at = now
+            log.warning("shared variable cache unavailable (%s); reading the database",
+                        type(exc).__name__)  # fmt: skip
+
+
+# -- the store ---------------------------------------------------------------------------
+
+
+@attrs.define(eq=False)
+class VariableStore:
+    """Users' variables and secrets on a :class:`DataStore`."""
+
+    store: DataStore
+    cipher: Cipher
+    cache: VariableCache = attrs.field(factory=VariableCache)
+
+    async def start(self, exit_stack: AsyncExitStack) -> None:
+        await self.cache.start(exit_stack)
+
+    async def get(self, owner: str, key: str) -> Variable:
+        """The variable, a secret decrypted; ``VariableNotFound`` when there is none."""
+        check_key(key)
+        lookup = await self.cache.lookup(owner, key)
+        row = lookup.row if lookup.hit else await self._read(lookup)
+        if row is None:
+            raise VariableNotFound(key)
+        try:
+            return self._open(row)
+        except DecryptionFailed:
+            if not lookup.hit:
+                raise
+        # a cached row sealed by a key this process no longer holds (rotated since): reread
+        await self.cache.invalidate([(owner, key)])
+        row = await self._read(await self.cache.lookup(owner, key))
+        if row is None:
+            raise VariableNotFound(key)
+        return self._open(row)
+
+    async def set(
+        self, owner: str, key: str, value: Any, *, secret: bool | None = None
+    ) -> Variable:
+        """Create or replace a variable. ``secret=None`` keeps the current flag (a new
+        variable is plain); a secret must be a string of at least 4 characters."""
+        _check_owner(owner)
+        check_key(key)
+        check_json_value(value, "value")
+        for _ in range(3):
+            try:
+                variable = await self._write(owner, key, value, secret)
+            except IntegrityError:
+                continue  # another writer created the key first: now it is an update
+            await self.cache.invalidate([(owner, key)])
+            return variable
+        raise Conflict(f"variable {key!r} is being written concurrently; try again")
+
+    async def delete(self, owner: str, key: str) -> None:
+        check_key(key)
+        async with self.store.begin() as conn:
+            result = await conn.execute(
+                sa.delete(_table).where(_table.c.owner == owner, _table.c.key == key)
+            )
+        await self.cache.invalidate([(owner, key)])
+        if result.rowcount == 0:
+            raise VariableNotFound(key)
+
+    async def list(self, owner: str) -> builtins.list[Variable]:
+        """The owner's variables by key; secrets listed with ``value`` None."""
+        query = sa.select(_table).where(_table.c.owner == owner).order_by(_table.c.key)
+        async with self.store.read() as conn:
+            rows = (await conn.execute(query)).all()
+        return [_variable(_row(r), None if r.secret else r.value) for r in rows]
+
+    async def secret_values(self, owner: str) -> builtins.list[str]:
+        """The plaintext of every secret of ``owner``: what the log masker must hide."""
+        query = sa.select(_table).where(_table.c.owner == owner, _table.c.secret == sa.true())
+        async with self.store.read() as conn:
+            rows = (await conn.execute(query)).all()
+        values: builtins.list[str] = []
+        for r in rows:
+            try:
+                value = self._open(_row(r)).value
+            except DecryptionFailed as exc:
+                log.warning("secret %r of %r cannot be decrypted: %s", r.key, owner, exc.reason)
+                continue
+            if isinstance(value, str):
+                values.append(value)
+        return values
+
+    async def rotate(self, *, batch: int = 500, max_batches: int | None = None) -> RotationReport:
+        """Re-encrypt under the current key every secret sealed by another key.
+
+        Each batch is one transaction; a row changed meanwhile by a write is left alone (the
+        write sealed it under the current key already). Stopped or killed at any point, the
+        next run carries on with the rows still under an old key: rerunning is safe and, once
+        done, rotates nothing. Once a run reports ``complete`` with no failures, old keys can
+        be dropped from the ring."""
+        if batch < 1:
+            raise ValidationError("batch", "must be at least 1")
+        current = self.cipher.current
+        after = ""
+        rotated = batches = 0
+        failed: builtins.list[tuple[str, str]] = []
+        while max_batches is None or batches < max_batches:
+            query = (
+                sa.select(_table.c.id, _table.c.owner, _table.c.key, _table.c.ciphertext)
+                .where(
+                    _table.c.secret == sa.true(),
+                    sa.or_(_table.c.key_id.is_(None), _table.c.key_id != current),
+                    _table.c.id > after,
+                )
+                .order_by(_table.c.id)
+                .limit(batch)
+            )
+            if self.store.is_postgres:
+                query = query.with_for_update(skip_locked=True)
+            async with self.store.begin() as conn:
+                rows = (await conn.execute(query)).all()
+                if not rows:
+                    return RotationReport(rotated=rotated, failed=tuple(failed),
+                                          batches=batches, complete=True)  # fmt: skip
+                updates = []
+                for r in rows:
+                    context = sealing_context(r.id, r.owner, r.key)
+                    try:
+                        plaintext = self.cipher.decrypt(r.ciphertext, context)
+                    except DecryptionFailed as exc:
+                        log.warning("rotation: secret %r of %r: %s", r.key, r.owner, exc.reason)
+                        failed.append((r.owner, r.key))
+                        continue
+                    updates.append(
+                        {
+                            "b_id": r.id,
+                            "b_old": r.ciphertext,
+                            "b_new": self.cipher.encrypt(plaintext, context),
+                            "b_kid": current,
+                        }
+                    )
+                if updates:
+                    await conn.execute(
+                        sa.update(_table)
+                        .where(
+                            _table.c.id == sa.bindparam("b_id"),
+                            _table.c.ciphertext == sa.bindparam("b_old"),
+                        )
+                        .values(ciphertext=sa.bindparam("b_new"), key_id=sa.bindparam("b_kid")),
+                        updates,
+                    )
+            after = rows[-1].id
+            batches += 1
+            rotated += len(updates)
+            await self.cache.invalidate((r.owner, r.key) for r in rows)
+        return RotationReport(rotated=rotated, failed=tuple(failed), batches=batches,
+                              complete=False)  # fmt: skip
+
+    # -- internals ------------------------------------------------------------------------
+
+    async def _read(self, lookup: _Lookup) -> _Row | None:
+        query = sa.select(_table).where(_table.c.owner == lookup.owner, _table.c.key == lookup.key)
+        async with self.store.read() as conn:
+            found = (await conn.execute(query)).first()
+        row = _row(found) if found is not None else None
+        await self.cache.fill(lookup, row)
+        return row
+
+    def _open(self, row: _Row) -> Variable:
+        if not row.secret:
+            return _variable(row, row.value)
+        assert row.ciphertext is not None
+        plaintext = self.cipher.decrypt(row.ciphertext, sealing_context(row.id, row.owner, row.key))
+        return _variable(row, json.loads(plaintext))
+
+    async def _write(self, owner: str, key: str, value: Any, secret: bool | None) -> Variable:
+        now = self.store.clock.now()
+        query = sa.select(_table).where(_table.c.owner == owner, _table.c.key == key)
+        if self.store.is_postgres:
+            query = query.with_for_update()
+        async with self.store.begin() as conn:
+            existing = (await conn.execute(query)).first()
+            is_secret = secret if secret is not None else bool(existing and existing.secret)
+            row_id = existing.id if existing is not None else new_id()
+            values: dict[str, Any]
+            if is_secret:
+                check_secret_value(value)
+                plaintext = json.dumps(value, ensure_ascii=False).encode()
+                values = {
+                    "value": sa.null(),
+                    "ciphertext": self.cipher.encrypt(
+                        plaintext, sealing_context(row_id, owner, key)
+                    ),
+                    "key_id": self.cipher.current,
+                    "secret": True,
+                }
+            else:
+                values = {"value": value, "ciphertext": None, "key_id": None, "secret": False}
+            if existing is None:
+                created = now
+                await conn.execute(
+                    sa.insert(_table).values(
+                        id=row_id, owner=owner, key=key, created_at=now, updated_at=now, **values
+                    )
+                )
+            else:
+                created = existing.created_at
+                await conn.execute(
+                    sa.update(_table).where(_table.c.id == row_id).values(updated_at=now, **values)
+                )
+        return Variable(owner=owner, key=key, value=value, secret=is_secret, created_at=created,
+                        updated_at=now)  # fmt: skip
+
+
+def _row(r: sa.Row[Any]) -> _Row:
+    return _Row(
+        id=r.id,
+        owner=r.owner,
+        key=r.key,
+        value=None if r.secret else r.value,
+        ciphertext=r.ciphertext,
+        secret=bool(r.secret),
+        created_at=r.created_at,
+        updated_at=r.updated_at,
+    )
+
+
+def _variable(row: _Row, value: Any) -> Variable:
+    return Variable(owner=row.owner, key=row.key, value=value, secret=row.secret,
+                    created_at=row.created_at, updated_at=row.updated_at)  # fmt: skip
