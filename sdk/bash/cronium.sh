@@ -137,7 +137,8 @@ _cronium_call() {
             fi
             _c_data=''
             _c_error=$(command jq -r 'if type == "object" then
-                    [(.error | strings), (.message | select(. != null) | tostring)] | join(": ")
+                    [(.error | strings), (.message | select(. != null) | tostring)]
+                    | if length == 2 and .[0] == .[1] then .[0] else join(": ") end
                 else empty end' 2>/dev/null <<<"$answer_body") || _c_error=''
             _c_error="HTTP $_c_status${_c_error:+ $_c_error}"
             if ((_c_status >= 500)) && [[ -z $once || $_c_status == 503 ]]; then

@@ -41,7 +41,8 @@ VERSION = "v1"
 KEY_BYTES = 32
 NONCE_BYTES = 12
 TAG_BYTES = 16
-_KID = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+_KID = re.compile(r"[A-Za-z0-9_-]{1,32}")
+_PAYLOAD = re.compile(r"[A-Za-z0-9_-]+")
 
 
 class DecryptionFailed(CroniumError):
@@ -66,7 +67,7 @@ def parse_secret_keys(spec: str) -> tuple[dict[str, bytes], str]:
     for item in filter(None, (part.strip() for part in spec.split(","))):
         kid, sep, encoded = item.partition(":")
         kid, encoded = kid.strip(), encoded.strip()
-        if not sep or not _KID.match(kid):
+        if not sep or not _KID.fullmatch(kid):
             raise ValidationError(
                 "secret_keys", "expected kid:base64key[,kid:base64key...], kid [A-Za-z0-9_-]{1,32}"
             )
@@ -111,7 +112,7 @@ class Cipher:
         if self.current not in self.keys:
             raise ValidationError("secret_keys", f"the current key {self.current!r} is not held")
         for kid, key in self.keys.items():
-            if not _KID.match(kid):
+            if not _KID.fullmatch(kid):
                 raise ValidationError("secret_keys", f"bad key id {kid!r}")
             if len(key) != KEY_BYTES:
                 raise ValidationError("secret_keys", f"key {kid!r} must be {KEY_BYTES} bytes")
@@ -173,7 +174,7 @@ class Cipher:
     def _split(token: str) -> tuple[str, bytes]:
         version, _, rest = token.partition(".")
         kid, _, encoded = rest.partition(".")
-        if version != VERSION or not _KID.match(kid) or not encoded:
+        if version != VERSION or not _KID.fullmatch(kid) or not _PAYLOAD.fullmatch(encoded):
             raise DecryptionFailed("malformed ciphertext")
         try:
             payload = _b64decode(encoded)

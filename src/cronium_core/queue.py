@@ -182,12 +182,14 @@ def _status_is(column: Any, status: JobStatus) -> Any:
 
 
 def _claim_order(t: Any) -> builtins.list[Any]:
-    # fire_time keeps catch-up runs queued in one tick in slot order
+    # fire_time keeps catch-up runs queued in one tick in slot order; NULLs last, spelled so
+    # that SQLite too can read it from the index (ix_jobs_claim) instead of sorting
     return [
         t.c.priority.desc(),
         t.c.run_after,
         t.c.created_at,
-        t.c.fire_time.asc().nulls_last(),
+        t.c.fire_time.is_(None),
+        t.c.fire_time,
         t.c.id,
     ]
 
@@ -716,14 +718,16 @@ class JobQueue:
     def _pg_end_values(self, retry: Any, status: Any, now: datetime) -> dict[str, Any]:
         """The columns an attempt's end sets, the retry decision made by the row (``CASE``):
         the backoff is ``min(backoff_max, backoff_base · 2^(attempt-1))`` seconds, rounded to
-        the microsecond as Python's ``timedelta`` does."""
+        the microsecond as Python's ``timedelta`` does (as the reaper and SQLite compute it)."""
         at = sa.literal(now, schema.UTCDateTime())
         delay = sa.func.least(
             J.c.backoff_max,
             J.c.backoff_base
             * sa.func.power(sa.literal(2.0, sa.Float), sa.func.greatest(0, J.c.attempt - 1)),
         )
-        micros = sa.func.round(delay * 1_000_000)
+        # as timedelta(seconds=delay): whole seconds exactly, the fraction rounded half-even
+        whole = sa.func.trunc(delay)
+        micros = whole * 1_000_000 + sa.func.round((delay - whole) * 1_000_000)
         retry_at = at + micros * sa.literal_column("interval '1 microsecond'", sa.Interval)
         return {
             "status": sa.case((retry, JobStatus.QUEUED.value), else_=status),

@@ -174,12 +174,13 @@ _RUNNING = sa.text("status = 'running'")
 # the bulk of the table, cost them nothing, and a job's later updates skip them. The queue's
 # queries spell the status as a literal so that the planners can use them.
 #: the claim's ORDER BY exactly: a claim reads the first due entries and stops, however deep
-#: the queue (PostgreSQL sorts NULL fire times last in an ascending index, as the claim does)
+#: the queue (NULL fire times last, as an expression both databases can index)
 sa.Index(
     "ix_jobs_claim",
     jobs.c.priority.desc(),
     jobs.c.run_after,
     jobs.c.created_at,
+    jobs.c.fire_time.is_(None),
     jobs.c.fire_time,
     jobs.c.id,
     postgresql_where=_QUEUED,

@@ -396,6 +396,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _backend_options() -> dict[str, Any]:
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return {}
+    return {"use_uvloop": True}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
@@ -408,7 +416,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "job" and args.action != "list" and not args.job:
         raise SystemExit(f"cronium job {args.action}: give the job id")
     try:
-        return int(anyio.run(args.func, args))
+        return int(anyio.run(args.func, args, backend_options=_backend_options()))
     except CroniumError as exc:
         print(f"cronium: {exc}", file=sys.stderr)
         return 2

@@ -1,0 +1,775 @@
+"""Variables and secrets on SQLite and PostgreSQL: the store, no plaintext at rest (K1),
+ciphertexts bound to their rows (K2), resumable key rotation (K3), the read caches (in process,
+and shared through a real redis-server), and the runtime API's variables routes over HTTP."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+import socket
+import sqlite3
+import subprocess
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+import sqlalchemy as sa
+
+from cronium_core import FakeClock, schema
+from cronium_core.crypto import Cipher, DecryptionFailed, generate_key
+from cronium_core.datastore import DataStore, new_id
+from cronium_core.errors import ValidationError
+from cronium_core.masking import SecretMasker
+from cronium_core.variables import (
+    ValkeyCache,
+    VariableCache,
+    VariableNotFound,
+    VariableStore,
+    sealing_context,
+)
+from tests.test_runtime_api import Runtime, ok, refused, runtime, unauthorized
+
+pytestmark = pytest.mark.anyio
+
+NEW = generate_key()
+OLD = generate_key()
+KEYS = f"new:{NEW},old:{OLD}"
+table = schema.variables
+
+
+def canary(label: str) -> str:
+    return f"CANARY-{label}-{os.urandom(8).hex()}"
+
+
+@pytest.fixture
+async def store(db_url: str) -> AsyncIterator[DataStore]:
+    async with AsyncExitStack() as stack:
+        store = DataStore(url=db_url)
+        await store.start(stack, upgrade=True)
+        yield store
+
+
+@pytest.fixture
+def cipher() -> Cipher:
+    return Cipher.from_spec(KEYS)
+
+
+@pytest.fixture
+def variables(store: DataStore, cipher: Cipher) -> VariableStore:
+    return VariableStore(store, cipher)
+
+
+async def raw_rows(store: DataStore) -> dict[tuple[str, str], Any]:
+    async with store.read() as conn:
+        rows = (await conn.execute(sa.select(table))).all()
+    return {(r.owner, r.key): r for r in rows}
+
+
+# -- the store -----------------------------------------------------------------------------
+
+
+async def test_plain_variables(variables: VariableStore) -> None:
+    values: list[Any] = [
+        "text", "", 0, -3.5, True, None, [1, "two", None], {"nested": {"ü": ["x"]}},
+    ]  # fmt: skip
+    for index, value in enumerate(values):
+        stored = await variables.set("alice", f"k{index}", value)
+        assert stored.value == value and not stored.secret
+        got = await variables.get("alice", f"k{index}")
+        assert got.value == value and got.owner == "alice" and got.key == f"k{index}"
+    replaced = await variables.set("alice", "k0", {"replaced": True})
+    assert (await variables.get("alice", "k0")).value == {"replaced": True}
+    assert replaced.updated_at >= replaced.created_at
+    listed = await variables.list("alice")
+    assert [v.key for v in listed] == sorted(f"k{i}" for i in range(len(values)))
+    await variables.delete("alice", "k1")
+    with pytest.raises(VariableNotFound, match="variable k1 not found"):
+        await variables.get("alice", "k1")
+    with pytest.raises(VariableNotFound):
+        await variables.delete("alice", "k1")
+
+
+async def test_secrets(variables: VariableStore, store: DataStore) -> None:
+    secret = canary("secret")
+    stored = await variables.set("alice", "api_token", secret, secret=True)
+    assert stored.secret and stored.value == secret
+    assert (await variables.get("alice", "api_token")).value == secret
+    row = (await raw_rows(store))[("alice", "api_token")]
+    assert row.secret and row.value is None and row.key_id == "new"
+    assert row.ciphertext.startswith("v1.new.") and secret not in row.ciphertext
+    # secret=None keeps the flag; a new variable defaults to plain
+    await variables.set("alice", "api_token", secret + "-2")
+    assert (await variables.get("alice", "api_token")).secret
+    assert not (await variables.set("alice", "plain", "v")).secret
+    # listings never show a secret's value
+    listed = {v.key: v for v in await variables.list("alice")}
+    assert listed["api_token"].value is None and listed["api_token"].secret
+    assert listed["plain"].value == "v"
+    assert await variables.secret_values("alice") == [secret + "-2"]
+    assert await variables.secret_values("bob") == []
+    # back to plain: the ciphertext goes
+    await variables.set("alice", "api_token", "now public", secret=False)
+    row = (await raw_rows(store))[("alice", "api_token")]
+    assert not row.secret and row.ciphertext is None and row.value == "now public"
+
+
+@pytest.mark.parametrize(
+    "key",
+    ["", "x" * 129, "a b", "a/b", "ü", "key\n", "CRONIUM_X", "cronium_x", "SYSTEM_a", "node_x",
+     "PATH", "path_extra", "Pathfinder", "HOME", "home_dir"],
+)  # fmt: skip
+async def test_bad_keys(variables: VariableStore, key: str) -> None:
+    with pytest.raises(ValidationError, match="key"):
+        await variables.set("alice", key, 1)
+    with pytest.raises(ValidationError, match="key"):
+        await variables.get("alice", key)
+
+
+async def test_good_keys(variables: VariableStore) -> None:
+    for key in ("a", "A.b-c_1", "x" * 128, "my.PATH", "nodes"):
+        await variables.set("alice", key, key)
+        assert (await variables.get("alice", key)).value == key
+
+
+@pytest.mark.parametrize("value", ["abc", "", "  ab  ", 12345, None, ["long enough"], {"a": 1}])
+async def test_bad_secrets_are_refused(
+    variables: VariableStore, store: DataStore, value: Any
+) -> None:
+    with pytest.raises(ValidationError, match="secret"):
+        await variables.set("alice", "s", value, secret=True)
+    # an existing secret keeps its rules when updated without the flag
+    await variables.set("alice", "t", "long enough", secret=True)
+    with pytest.raises(ValidationError, match="secret"):
+        await variables.set("alice", "t", value)
+    assert (await variables.get("alice", "t")).value == "long enough"
+    assert ("alice", "s") not in await raw_rows(store)
+
+
+async def test_bad_values_and_owners(variables: VariableStore) -> None:
+    for value in (float("nan"), "nul \x00", {"k": {1, 2}}, object()):
+        with pytest.raises(ValidationError, match="value"):
+            await variables.set("alice", "k", value)
+    for owner in ("", "o" * 65):
+        with pytest.raises(ValidationError, match="owner"):
+            await variables.set(owner, "k", 1)
+
+
+async def test_owners_do_not_share(variables: VariableStore) -> None:
+    await variables.set("alice", "shared_name", "alice's", secret=True)
+    with pytest.raises(VariableNotFound):
+        await variables.get("bob", "shared_name")
+    await variables.set("bob", "shared_name", "bob's value")
+    assert (await variables.get("alice", "shared_name")).value == "alice's"
+    assert (await variables.get("bob", "shared_name")).value == "bob's value"
+    assert [v.owner for v in await variables.list("bob")] == ["bob"]
+
+
+async def test_concurrent_creates_of_one_key(db_url: str, cipher: Cipher) -> None:
+    async with AsyncExitStack() as stack:
+        stores = []
+        for index in range(4):
+            ds = DataStore(url=db_url)
+            await ds.start(stack, upgrade=index == 0)
+            stores.append(VariableStore(ds, cipher))
+        written: list[str] = []
+
+        async def write(vs: VariableStore, n: int) -> None:
+            value = f"value number {n}"
+            await vs.set("alice", "race", value, secret=True)
+            written.append(value)
+
+        async with anyio.create_task_group() as tg:
+            for n in range(12):
+                tg.start_soon(write, stores[n % 4], n)
+        assert len(written) == 12
+        got = await VariableStore(stores[0].store, cipher).get("alice", "race")
+        assert got.value == written[-1] or got.value in written
+        assert len(await stores[0].list("alice")) == 1
+
+
+# -- K1: no plaintext at rest ------------------------------------------------------------
+
+
+async def test_k1_no_plaintext_at_rest(
+    db_url: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    secrets = {("alice", f"s{i}"): canary(f"s{i}") for i in range(4)}
+    secrets[("bob", "pem")] = "-----BEGIN KEY-----\n" + canary("pem") + "\n-----END KEY-----"
+    plain = canary("plain")  # the control: a plain value must be found by the same search
+    overwritten = canary("overwritten")
+    async with AsyncExitStack() as stack:
+        store = DataStore(url=db_url)
+        await store.start(stack, upgrade=True)
+        variables = VariableStore(store, Cipher.from_spec(KEYS))
+        await variables.set("alice", "overwritten", overwritten, secret=True)
+        await variables.set("alice", "overwritten", canary("second"))
+        for (owner, key), value in secrets.items():
+            await variables.set(owner, key, value, secret=True)
+        await variables.set("alice", "plain", plain)
+        for (owner, key), value in secrets.items():  # the round trip is exact
+            assert (await variables.get(owner, key)).value == value
+        hidden = [*secrets.values(), overwritten]
+        needles = [v.encode() for v in hidden] + [
+            line.encode() for v in hidden for line in v.splitlines() if "CANARY" in line
+        ]
+        if store.is_sqlite:
+            db = Path(store.url.removeprefix("sqlite+aiosqlite:///"))
+            files = [db, Path(f"{db}-wal"), Path(f"{db}-shm")]
+            assert Path(f"{db}-wal").exists()  # checked before the checkpoint of close
+            backup = tmp_path / "backup.db"
+            with sqlite3.connect(db) as source, sqlite3.connect(backup) as target:
+                source.backup(target)
+            sources = {
+                "database, WAL and shm files": [f.read_bytes() for f in files if f.exists()],
+                "backup": [backup.read_bytes()],
+            }
+        else:
+            sources = await _postgres_blobs(store, request)
+        for name, blobs in sources.items():
+            # the control: the same search does find a plain value in each source
+            assert any(plain.encode() in blob for blob in blobs), f"{name} shows nothing"
+            assert not [n for blob in blobs for n in needles if n in blob], name
+    if db_url.startswith("sqlite"):  # and after the store closed
+        db = db_url.removeprefix("sqlite+aiosqlite:///")
+        data = b"".join(Path(f).read_bytes() for f in (db, f"{db}-wal") if Path(f).exists())
+        assert plain.encode() in data and not any(n in data for n in needles)
+
+
+async def _postgres_blobs(
+    store: DataStore, request: pytest.FixtureRequest
+) -> dict[str, list[bytes]]:
+    from tests.pg import PostgresServer
+
+    server = request.getfixturevalue("pg_server")
+    assert isinstance(server, PostgresServer)
+    dbname = store.engine.url.database
+    assert dbname
+    blobs: dict[str, list[bytes]] = {}
+    async with store.read() as conn:  # the raw column values, as any SQL client sees them
+        rows = (await conn.execute(sa.text("SELECT CAST(v AS text) FROM variables v"))).scalars()
+        blobs["SELECT"] = [row.encode() for row in rows]
+    pg_dump = _pg_dump()
+    if pg_dump is not None:
+        url = store.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        result = await anyio.run_process([pg_dump, "--no-owner", url], check=False)
+        assert result.returncode == 0, result.stderr.decode()
+        blobs["pg_dump"] = [result.stdout]
+    else:
+        assert os.environ.get("CI") != "true", "CI must have pg_dump (postgresql-client)"
+    if server.data_dir is not None:  # a private cluster: its files, WAL included
+        server.execute("CHECKPOINT")
+        oid = server.fetchval("SELECT oid FROM pg_database WHERE datname = $1", dbname)
+        paths = [*(server.data_dir / "base" / str(oid)).iterdir(),
+                 *(server.data_dir / "pg_wal").iterdir()]  # fmt: skip
+        blobs["data directory"] = [path.read_bytes() for path in paths if path.is_file()]
+    return blobs
+
+
+def _pg_dump() -> str | None:
+    for candidate in ["/usr/local/bin/pg_dump", *sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_dump"),
+                      reverse=True), shutil.which("pg_dump")]:  # fmt: skip
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+async def test_k1_tampered_ciphertext_fails_cleanly(
+    variables: VariableStore, store: DataStore, cipher: Cipher
+) -> None:
+    secret = canary("tamper")
+    await variables.set("alice", "t", secret, secret=True)
+    row = (await raw_rows(store))[("alice", "t")]
+    flipped = list(row.ciphertext)
+    flipped[20] = "A" if flipped[20] != "A" else "B"
+    async with store.begin() as conn:
+        await conn.execute(sa.update(table).where(table.c.id == row.id)
+                           .values(ciphertext="".join(flipped)))  # fmt: skip
+    fresh = VariableStore(store, cipher)  # past the cache of `variables`
+    with pytest.raises(DecryptionFailed) as caught:
+        await fresh.get("alice", "t")
+    assert secret not in str(caught.value) and caught.value.__cause__ is None
+    assert await fresh.secret_values("alice") == []  # skipped, logged, not raised
+
+
+# -- K2: a ciphertext is bound to its row ------------------------------------------------
+
+
+async def test_k2_swapped_ciphertexts_fail(
+    variables: VariableStore, store: DataStore, cipher: Cipher
+) -> None:
+    alice_secret, bob_secret = canary("alice"), canary("bob")
+    await variables.set("alice", "token", alice_secret, secret=True)
+    await variables.set("bob", "token", bob_secret, secret=True)
+    await variables.set("alice", "other", canary("other"), secret=True)
+    rows = await raw_rows(store)
+    alice, bob = rows[("alice", "token")], rows[("bob", "token")]
+    async with store.begin() as conn:
+        for target, source in ((alice, bob), (bob, alice)):
+            await conn.execute(sa.update(table).where(table.c.id == target.id)
+                               .values(ciphertext=source.ciphertext))  # fmt: skip
+        # and one owner's ciphertext copied onto another key of the same owner
+        await conn.execute(sa.update(table).where(table.c.id == rows[("alice", "other")].id)
+                           .values(ciphertext=alice.ciphertext))  # fmt: skip
+    fresh = VariableStore(store, cipher)
+    for owner, key in (("alice", "token"), ("bob", "token"), ("alice", "other")):
+        with pytest.raises(DecryptionFailed, match="authentication failed") as caught:
+            await fresh.get(owner, key)
+        assert alice_secret not in str(caught.value) and bob_secret not in str(caught.value)
+    assert await fresh.secret_values("alice") == [] and await fresh.secret_values("bob") == []
+
+
+# -- K3: key rotation ----------------------------------------------------------------------
+
+
+class CrashingCipher(Cipher):
+    """Dies after ``limit`` encryptions: a rotation killed in the middle of a batch."""
+
+    limit = 0
+
+    def encrypt(self, plaintext: bytes, context: bytes) -> str:
+        type(self).limit -= 1
+        if type(self).limit < 0:
+            raise RuntimeError("killed")
+        return super().encrypt(plaintext, context)
+
+
+async def test_k3_rotation_is_resumable_and_idempotent(store: DataStore) -> None:
+    old_only = Cipher.from_spec(f"old:{OLD}")
+    owners = [f"user{i}" for i in range(7)]
+    expected: dict[str, set[str]] = {owner: set() for owner in owners}
+    rows = []
+    now = store.clock.now()
+    for i in range(5_000):
+        row_id, owner, key, value = new_id(), owners[i % 7], f"k{i}", f"secret-{i}-{i * 7919}"
+        context = sealing_context(row_id, owner, key)
+        rows.append({
+            "id": row_id, "owner": owner, "key": key, "value": None, "secret": True,
+            "ciphertext": old_only.encrypt(json.dumps(value).encode(), context),
+            "key_id": "old", "created_at": now, "updated_at": now,
+        })  # fmt: skip
+        expected[owner].add(value)
+    async with store.begin() as conn:
+        await conn.execute(sa.insert(table), rows)
+
+    both = Cipher.from_spec(f"new:{NEW},old:{OLD}")
+    variables = VariableStore(store, both)
+
+    async def key_ids() -> dict[str, int]:
+        async with store.read() as conn:
+            found = await conn.execute(
+                sa.select(table.c.key_id, sa.func.count()).group_by(table.c.key_id)
+            )
+            return {kid: count for kid, count in found.all()}
+
+    # stopped after 4 batches
+    first = await variables.rotate(batch=500, max_batches=4)
+    assert (first.rotated, first.batches, first.complete, first.failed) == (2000, 4, False, ())
+    assert await key_ids() == {"new": 2000, "old": 3000}
+    # killed in the middle of its second batch: that batch rolls back
+    CrashingCipher.limit = 750
+    with pytest.raises(RuntimeError, match="killed"):
+        await VariableStore(store, CrashingCipher(both.keys, "new")).rotate(batch=500)
+    assert await key_ids() == {"new": 2500, "old": 2500}
+
+    # rerun to the end while reads go on
+    reads = 0
+
+    async def reader() -> None:
+        nonlocal reads
+        while True:
+            i = reads * 37 % 5000
+            got = await VariableStore(store, both).get(owners[i % 7], f"k{i}")
+            assert got.value == f"secret-{i}-{i * 7919}"
+            reads += 1
+            await anyio.sleep(0)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(reader)
+        rest = await variables.rotate(batch=500)
+        tg.cancel_scope.cancel()
+    assert (rest.rotated, rest.complete, rest.failed) == (2500, True, ())
+    assert reads > 0
+    assert await key_ids() == {"new": 5000}
+    again = await variables.rotate(batch=500)
+    assert (again.rotated, again.batches, again.complete) == (0, 0, True)
+    # the old key removed: everything still decrypts
+    new_only = VariableStore(store, Cipher.from_spec(f"new:{NEW}"))
+    for owner in owners:
+        assert set(await new_only.secret_values(owner)) == expected[owner]
+
+
+async def test_rotation_reports_what_no_key_opens(store: DataStore) -> None:
+    lost = Cipher.from_spec(f"lost:{generate_key()}")
+    await VariableStore(store, lost).set("alice", "gone", "sealed by a lost key", secret=True)
+    await VariableStore(store, Cipher.from_spec(f"old:{OLD}")).set("alice", "ok", "fine value",
+                                                                   secret=True)  # fmt: skip
+    report = await VariableStore(store, Cipher.from_spec(KEYS)).rotate(batch=1)
+    assert report.rotated == 1 and report.failed == (("alice", "gone"),) and report.complete
+    with pytest.raises(ValidationError):
+        await VariableStore(store, Cipher.from_spec(KEYS)).rotate(batch=0)
+
+
+# -- the in-process cache ----------------------------------------------------------------
+
+
+async def test_cache_counts_hits_and_misses(store: DataStore, cipher: Cipher) -> None:
+    now = [0.0]
+    cache = VariableCache(ttl=10, monotonic=lambda: now[0])
+    variables = VariableStore(store, cipher, cache)
+    await variables.set("alice", "k", 1)
+    secret = canary("cached")
+    await variables.set("alice", "s", secret, secret=True)
+
+    async def read(key: str) -> Any:
+        try:
+            return (await variables.get("alice", key)).value
+        except VariableNotFound:
+            return "<absent>"
+
+    assert await read("k") == 1 and (cache.hits, cache.misses) == (0, 1)
+    assert await read("k") == 1 and (cache.hits, cache.misses) == (1, 1)
+    assert await read("s") == secret and await read("s") == secret
+    assert (cache.hits, cache.misses) == (2, 2)
+    # absent variables are cached too, and a write makes them present at once
+    assert await read("nope") == "<absent>" and await read("nope") == "<absent>"
+    assert (cache.hits, cache.misses) == (3, 3)
+    await variables.set("alice", "nope", "here now")
+    assert await read("nope") == "here now" and (cache.hits, cache.misses) == (3, 4)
+    # a write through this store is seen at once
+    await variables.set("alice", "k", 2)
+    assert await read("k") == 2 and (cache.hits, cache.misses) == (3, 5)
+    await variables.delete("alice", "k")
+    assert await read("k") == "<absent>"
+    # entries expire
+    assert await read("s") == secret
+    hits = cache.hits
+    now[0] += 11
+    assert await read("s") == secret and cache.hits == hits
+    # secrets are cached sealed
+    assert secret not in repr(cache._entries) and "v1.new." in repr(cache._entries)
+
+
+async def test_cache_size_is_bounded(store: DataStore, cipher: Cipher) -> None:
+    cache = VariableCache(max_entries=3)
+    variables = VariableStore(store, cipher, cache)
+    for i in range(5):
+        await variables.set("alice", f"k{i}", i)
+        assert (await variables.get("alice", f"k{i}")).value == i
+    assert len(cache) == 3
+
+
+async def test_without_a_shared_cache_other_processes_wait_for_the_ttl(
+    db_url: str, cipher: Cipher
+) -> None:
+    # the documented bound: another process's write is seen once the local entry expires
+    now = [0.0]
+    async with AsyncExitStack() as stack:
+        s1, s2 = DataStore(url=db_url), DataStore(url=db_url)
+        await s1.start(stack, upgrade=True)
+        await s2.start(stack)
+        a = VariableStore(s1, cipher, VariableCache(ttl=5, monotonic=lambda: now[0]))
+        b = VariableStore(s2, cipher, VariableCache(ttl=5, monotonic=lambda: now[0]))
+        await a.set("alice", "k", "one")
+        assert (await b.get("alice", "k")).value == "one"
+        await a.set("alice", "k", "two")
+        assert (await b.get("alice", "k")).value == "one"  # stale, within the ttl
+        now[0] += 5
+        assert (await b.get("alice", "k")).value == "two"
+
+
+# -- the shared cache (real redis-server) ------------------------------------------------
+
+
+class RedisServer:
+    """A throwaway redis-server (or valkey-server) on loopback, no persistence."""
+
+    def __init__(self) -> None:
+        binary = shutil.which("valkey-server") or shutil.which("redis-server")
+        if binary is None:
+            raise FileNotFoundError("redis-server")
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--daemonize", "no", "--loglevel", "warning"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        deadline = time.monotonic() + 15
+        while not self._pong():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"redis-server did not start on port {self.port}")
+            time.sleep(0.05)
+
+    def _pong(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def _start_redis() -> RedisServer:
+    """A server, or a skip, or, when CI says redis is required, a failure."""
+    try:
+        import valkey  # noqa: F401
+
+        return RedisServer()
+    except (ImportError, FileNotFoundError) as exc:
+        why = f"redis tests need redis-server and the valkey package ({exc})"
+        if os.environ.get("CRONIUM_REQUIRE_REDIS") == "1":
+            pytest.fail(why + "; CRONIUM_REQUIRE_REDIS=1")
+        pytest.skip(why)
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    server = _start_redis()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def shared(server: RedisServer, prefix: str, **options: Any) -> VariableCache:
+    return VariableCache(ttl=3600, shared=ValkeyCache(url=server.url, prefix=prefix), **options)
+
+
+async def test_shared_cache_keeps_two_processes_correct(
+    db_url: str, cipher: Cipher, redis_server: RedisServer
+) -> None:
+    prefix = f"test-{uuid.uuid4().hex}"
+    async with AsyncExitStack() as stack:
+        s1, s2 = DataStore(url=db_url), DataStore(url=db_url)
+        await s1.start(stack, upgrade=True)
+        await s2.start(stack)
+        a = VariableStore(s1, cipher, shared(redis_server, prefix))
+        b = VariableStore(s2, cipher, shared(redis_server, prefix))
+        await a.start(stack)
+        await b.start(stack)
+
+        await a.set("alice", "k", "v1")
+        assert (await b.get("alice", "k")).value == "v1"  # b: miss, fills Valkey
+        assert (b.cache.hits, b.cache.misses) == (0, 1)
+        assert (await a.get("alice", "k")).value == "v1"  # a: served by Valkey
+        assert a.cache.shared_hits == 1 and a.cache.misses == 0
+        assert (await b.get("alice", "k")).value == "v1"  # b: from its own memory
+        assert (b.cache.hits, b.cache.shared_hits) == (1, 0)
+        # a write through either is seen by the other's next read, whatever the ttl (3600 s)
+        for round_ in range(20):
+            writer, reader = (a, b) if round_ % 2 else (b, a)
+            await writer.set("alice", "k", f"round {round_}")
+            assert (await reader.get("alice", "k")).value == f"round {round_}"
+            assert (await writer.get("alice", "k")).value == f"round {round_}"
+        # absent, then created, then deleted
+        with pytest.raises(VariableNotFound):
+            await b.get("alice", "later")
+        await a.set("alice", "later", 1)
+        assert (await b.get("alice", "later")).value == 1
+        await a.delete("alice", "later")
+        with pytest.raises(VariableNotFound):
+            await b.get("alice", "later")
+        # secrets travel sealed: Valkey never holds their plaintext
+        secret = canary("valkey")
+        await a.set("alice", "s", secret, secret=True)
+        assert (await b.get("alice", "s")).value == secret
+        assert (await a.get("alice", "s")).value == secret
+        from valkey import asyncio as valkey
+
+        client = valkey.Valkey.from_url(redis_server.url)
+        stack.push_async_callback(client.aclose)
+        names = await client.keys(f"{prefix}:*")
+        stored = [await client.get(name) for name in names]
+        assert any(b"v1.new." in value for value in stored if value)
+        assert not any(secret.encode() in value for value in stored if value)
+        assert not any(b"alice" in name for name in names)  # owners stay out of key names
+
+
+async def test_shared_cache_after_rotation(
+    db_url: str, redis_server: RedisServer
+) -> None:
+    # b cached rows sealed by "old"; once a rotates them, b (which dropped "old") still reads
+    prefix = f"test-{uuid.uuid4().hex}"
+    async with AsyncExitStack() as stack:
+        s1, s2 = DataStore(url=db_url), DataStore(url=db_url)
+        await s1.start(stack, upgrade=True)
+        await s2.start(stack)
+        writer = VariableStore(s1, Cipher.from_spec(f"old:{OLD}"), shared(redis_server, prefix))
+        await writer.start(stack)
+        await writer.set("alice", "s", "rotate me please", secret=True)
+        assert (await writer.get("alice", "s")).value == "rotate me please"  # cached sealed
+        rotator = VariableStore(s1, Cipher.from_spec(KEYS), shared(redis_server, prefix))
+        await rotator.start(stack)
+        assert (await rotator.rotate()).rotated == 1
+        reader = VariableStore(s2, Cipher.from_spec(f"new:{NEW}"), shared(redis_server, prefix))
+        await reader.start(stack)
+        assert (await reader.get("alice", "s")).value == "rotate me please"
+
+
+async def test_shared_cache_outage_falls_back_to_the_database(
+    db_url: str, cipher: Cipher, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = _start_redis()
+    try:
+        async with AsyncExitStack() as stack:
+            store = DataStore(url=db_url)
+            await store.start(stack, upgrade=True)
+            variables = VariableStore(store, cipher, shared(server, "outage"))
+            await variables.start(stack)
+            await variables.set("alice", "k", "before")
+            assert (await variables.get("alice", "k")).value == "before"
+            assert (await variables.get("alice", "k")).value == "before"
+            assert variables.cache.hits == 1
+            server.stop()
+            misses = variables.cache.misses
+            assert (await variables.get("alice", "k")).value == "before"
+            await variables.set("alice", "k", "during")
+            assert (await variables.get("alice", "k")).value == "during"
+            assert variables.cache.misses == misses + 2  # every read went to the database
+            assert "shared variable cache unavailable" in caplog.text
+            assert "could not publish a variable write" in caplog.text
+    finally:
+        server.stop()
+
+
+async def test_masker_from_secret_values(variables: VariableStore) -> None:
+    # what the worker does per job: mask every line with the owner's secrets
+    secret = canary("mask")
+    await variables.set("alice", "token", secret, secret=True)
+    await variables.set("alice", "plain", "not hidden at all")
+    await variables.set("bob", "token", canary("bob"), secret=True)
+    masker = SecretMasker(await variables.secret_values("alice"))
+    assert masker.mask(f"token={secret} plain=not hidden at all") == (
+        "token=*** plain=not hidden at all"
+    )
+
+
+# -- the runtime API ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@asynccontextmanager
+async def api(db_url: str, clock: FakeClock) -> AsyncIterator[Runtime]:
+    async with runtime(db_url, clock) as rt:
+        rt.service.variables = VariableStore(rt.store, Cipher.from_spec(KEYS))
+        yield rt
+
+
+async def test_api_get_and_put(db_url: str, clock: FakeClock) -> None:
+    async with api(db_url, clock) as rt:
+        job, token = await rt.running_job(owner="alice")
+        path = f"/executions/{job.id}/variables/api.url"
+        missing = refused(await rt.call("GET", path, token), 404, "not_found")
+        assert "api.url" in missing["message"] and "alice" not in missing["message"]
+        for value in ({"a": [1, "ü", None]}, "text", 3, None, True):
+            assert ok(await rt.call("PUT", path, token, json={"value": value})) is None
+            assert ok(await rt.call("GET", path, token)) == {"key": "api.url", "value": value}
+        # a secret: stored sealed, read back in clear by the owner's script
+        secret = canary("api")
+        secret_path = f"/executions/{job.id}/variables/password"
+        ok(await rt.call("PUT", secret_path, token, json={"value": secret, "secret": True}))
+        assert ok(await rt.call("GET", secret_path, token)) == {"key": "password", "value": secret}
+        row = (await raw_rows(rt.store))[("alice", "password")]
+        assert row.secret and secret not in row.ciphertext
+        # "secret" omitted keeps it secret
+        ok(await rt.call("PUT", secret_path, token, json={"value": secret + "!"}))
+        assert (await raw_rows(rt.store))[("alice", "password")].secret
+        assert rt.service.variables is not None
+        stored = await rt.service.variables.get("alice", "password")
+        assert stored.value == secret + "!"
+
+
+async def test_api_variables_belong_to_the_events_owner(db_url: str, clock: FakeClock) -> None:
+    async with api(db_url, clock) as rt:
+        alice_job, alice_token = await rt.running_job(owner="alice")
+        bob_job, bob_token = await rt.running_job(owner="bob")
+        alice_path = f"/executions/{alice_job.id}/variables/shared_key"
+        bob_path = f"/executions/{bob_job.id}/variables/shared_key"
+        ok(await rt.call("PUT", alice_path, alice_token, json={"value": "alice's",
+                                                                "secret": True}))  # fmt: skip
+        # bob's script does not see alice's variable: simply not found
+        body = refused(await rt.call("GET", bob_path, bob_token), 404, "not_found")
+        assert "alice" not in json.dumps(body)
+        ok(await rt.call("PUT", bob_path, bob_token, json={"value": "bob's"}))
+        assert ok(await rt.call("GET", alice_path, alice_token))["value"] == "alice's"
+        assert ok(await rt.call("GET", bob_path, bob_token))["value"] == "bob's"
+        # and bob's token cannot name alice's execution
+        refused(await rt.call("GET", alice_path, bob_token), 403, "forbidden")
+        # another event of alice's sees it: variables are the user's, not the event's
+        other_job, other_token = await rt.running_job(owner="alice")
+        other_path = f"/executions/{other_job.id}/variables/shared_key"
+        assert ok(await rt.call("GET", other_path, other_token))["value"] == "alice's"
+        unauthorized(await rt.call("GET", alice_path))
+
+
+@pytest.mark.parametrize(
+    ("key", "body", "status", "error"),
+    [
+        ("CRONIUM_TOKEN", {"value": 1}, 400, "bad_request"),
+        ("cronium_token", {"value": 1}, 400, "bad_request"),
+        ("path", {"value": 1}, 400, "bad_request"),
+        ("HOME", None, 400, "bad_request"),
+        ("x" * 129, None, 400, "bad_request"),
+        ("a%20b", None, 400, "bad_request"),
+        ("ok", {}, 400, "bad_request"),  # no value
+        ("ok", {"value": 1, "secret": "yes"}, 400, "bad_request"),
+        ("ok", {"value": "abc", "secret": True}, 400, "bad_request"),  # too short a secret
+        ("ok", {"value": 12345, "secret": True}, 400, "bad_request"),
+        ("ok", {"value": "nul \u0000"}, 400, "bad_request"),
+        ("ok", {"value": "x" * (1024 * 1024)}, 413, "payload_too_large"),
+    ],
+)
+async def test_api_bad_requests(
+    db_url: str, clock: FakeClock, key: str, body: Any, status: int, error: str
+) -> None:
+    async with api(db_url, clock) as rt:
+        job, token = await rt.running_job(owner="alice")
+        path = f"/executions/{job.id}/variables/{key}"
+        method = "GET" if body is None else "PUT"
+        refused(await rt.call(method, path, token, json=body), status, error)
+        assert await raw_rows(rt.store) == {}
+
+
+async def test_api_undecryptable_secret_is_a_clean_500(db_url: str, clock: FakeClock) -> None:
+    async with api(db_url, clock) as rt:
+        alice_job, alice_token = await rt.running_job(owner="alice")
+        bob_job, bob_token = await rt.running_job(owner="bob")
+        alice_secret, bob_secret = canary("alice"), canary("bob")
+        for job, token, value in ((alice_job, alice_token, alice_secret),
+                                  (bob_job, bob_token, bob_secret)):  # fmt: skip
+            ok(await rt.call("PUT", f"/executions/{job.id}/variables/token", token,
+                             json={"value": value, "secret": True}))  # fmt: skip
+        rows = await raw_rows(rt.store)
+        async with rt.store.begin() as conn:  # K2 over HTTP: swap the two owners' secrets
+            for target, source in (("alice", "bob"), ("bob", "alice")):
+                await conn.execute(sa.update(table).where(table.c.id == rows[(target, "token")].id)
+                                   .values(ciphertext=rows[(source, "token")].ciphertext))  # fmt: skip
+        rt.service.variables = VariableStore(rt.store, Cipher.from_spec(KEYS))  # no cache
+        for job, token in ((alice_job, alice_token), (bob_job, bob_token)):
+            response = await rt.call("GET", f"/executions/{job.id}/variables/token", token)
+            body = refused(response, 500, "internal_error")
+            assert body["message"] == "internal error"
+            assert alice_secret not in response.text and bob_secret not in response.text
