@@ -54,11 +54,16 @@ FORMS = {
 }
 
 
+def _login(secret: str) -> None:
+    raise RuntimeError(f"login failed for {secret}")
+
+
 def _traceback(secret: str) -> str:
     try:
-        raise RuntimeError(f"login failed for {secret}")
+        _login(secret)
     except RuntimeError as exc:
         return "".join(traceback.format_exception(exc))
+    raise AssertionError("not raised")
 
 
 @pytest.mark.parametrize("form", sorted(FORMS))

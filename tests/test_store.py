@@ -48,7 +48,7 @@ async def test_schema_version_is_checked(sqlite_url: str) -> None:
     async with AsyncExitStack() as stack:
         with pytest.raises(SchemaVersionError, match="cronium db upgrade"):
             await store.start(stack)  # an empty database: refused, not silently created
-        assert await schema.upgrade(store.engine) == [1]
+        assert await schema.upgrade(store.engine) == list(range(1, schema.SCHEMA_VERSION + 1))
         assert await schema.upgrade(store.engine) == []  # idempotent
         await schema.check_schema(store.engine)
         async with store.begin() as conn:

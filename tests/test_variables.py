@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 import sqlalchemy as sa
 
@@ -220,16 +221,13 @@ async def test_k1_no_plaintext_at_rest(
             line.encode() for v in hidden for line in v.splitlines() if "CANARY" in line
         ]
         if store.is_sqlite:
-            db = Path(store.url.removeprefix("sqlite+aiosqlite:///"))
-            files = [db, Path(f"{db}-wal"), Path(f"{db}-shm")]
-            assert Path(f"{db}-wal").exists()  # checked before the checkpoint of close
+            db = store.url.removeprefix("sqlite+aiosqlite:///")
+            files = _read(db, f"{db}-wal", f"{db}-shm")
+            assert len(files) == 3  # read before closing checkpoints the WAL away
             backup = tmp_path / "backup.db"
             with sqlite3.connect(db) as source, sqlite3.connect(backup) as target:
                 source.backup(target)
-            sources = {
-                "database, WAL and shm files": [f.read_bytes() for f in files if f.exists()],
-                "backup": [backup.read_bytes()],
-            }
+            sources = {"database, WAL and shm files": files, "backup": _read(backup)}
         else:
             sources = await _postgres_blobs(store, request)
         for name, blobs in sources.items():
@@ -238,8 +236,13 @@ async def test_k1_no_plaintext_at_rest(
             assert not [n for blob in blobs for n in needles if n in blob], name
     if db_url.startswith("sqlite"):  # and after the store closed
         db = db_url.removeprefix("sqlite+aiosqlite:///")
-        data = b"".join(Path(f).read_bytes() for f in (db, f"{db}-wal") if Path(f).exists())
+        data = b"".join(_read(db, f"{db}-wal"))
         assert plain.encode() in data and not any(n in data for n in needles)
+
+
+def _read(*paths: str | Path) -> list[bytes]:
+    """The bytes of each of ``paths`` that exists."""
+    return [Path(p).read_bytes() for p in paths if Path(p).is_file()]
 
 
 async def _postgres_blobs(
@@ -268,13 +271,13 @@ async def _postgres_blobs(
         oid = server.fetchval("SELECT oid FROM pg_database WHERE datname = $1", dbname)
         paths = [*(server.data_dir / "base" / str(oid)).iterdir(),
                  *(server.data_dir / "pg_wal").iterdir()]  # fmt: skip
-        blobs["data directory"] = [path.read_bytes() for path in paths if path.is_file()]
+        blobs["data directory"] = _read(*paths)
     return blobs
 
 
 def _pg_dump() -> str | None:
-    for candidate in ["/usr/local/bin/pg_dump", *sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_dump"),
-                      reverse=True), shutil.which("pg_dump")]:  # fmt: skip
+    versioned = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_dump"), reverse=True)
+    for candidate in ["/usr/local/bin/pg_dump", *versioned, shutil.which("pg_dump")]:
         if candidate and os.access(candidate, os.X_OK):
             return candidate
     return None
@@ -388,7 +391,7 @@ async def test_k3_rotation_is_resumable_and_idempotent(store: DataStore) -> None
             got = await VariableStore(store, both).get(owners[i % 7], f"k{i}")
             assert got.value == f"secret-{i}-{i * 7919}"
             reads += 1
-            await anyio.sleep(0)
+            await anyio.lowlevel.checkpoint()
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(reader)
@@ -604,9 +607,7 @@ async def test_shared_cache_keeps_two_processes_correct(
         assert not any(b"alice" in name for name in names)  # owners stay out of key names
 
 
-async def test_shared_cache_after_rotation(
-    db_url: str, redis_server: RedisServer
-) -> None:
+async def test_shared_cache_after_rotation(db_url: str, redis_server: RedisServer) -> None:
     # b cached rows sealed by "old"; once a rotates them, b (which dropped "old") still reads
     prefix = f"test-{uuid.uuid4().hex}"
     async with AsyncExitStack() as stack:
@@ -765,8 +766,11 @@ async def test_api_undecryptable_secret_is_a_clean_500(db_url: str, clock: FakeC
         rows = await raw_rows(rt.store)
         async with rt.store.begin() as conn:  # K2 over HTTP: swap the two owners' secrets
             for target, source in (("alice", "bob"), ("bob", "alice")):
-                await conn.execute(sa.update(table).where(table.c.id == rows[(target, "token")].id)
-                                   .values(ciphertext=rows[(source, "token")].ciphertext))  # fmt: skip
+                await conn.execute(
+                    sa.update(table)
+                    .where(table.c.id == rows[(target, "token")].id)
+                    .values(ciphertext=rows[(source, "token")].ciphertext)
+                )
         rt.service.variables = VariableStore(rt.store, Cipher.from_spec(KEYS))  # no cache
         for job, token in ((alice_job, alice_token), (bob_job, bob_token)):
             response = await rt.call("GET", f"/executions/{job.id}/variables/token", token)
