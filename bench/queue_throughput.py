@@ -715,7 +715,7 @@ async def benchmark(jobs: int, quick: bool) -> None:
                     continue
                 r = await bench.run(setup, layout, jobs)
                 print(
-                    f"  {setup.label:<34} {layout.label:>4}  enqueue {r.enqueue_rate:8.0f}/s"
+                    f"  {setup.label:<46} {layout.label:>4}  enqueue {r.enqueue_rate:8.0f}/s"
                     f"  drain {r.drain_rate:8.0f}/s  total {r.total_s:6.2f} s",
                     flush=True,
                 )
@@ -763,24 +763,28 @@ class CallTimer:
     """Wall time of every statement an engine executes, by kind of statement, and how many pool
     checkouts and transactions there were (SQLAlchemy engine and pool events)."""
 
-    def __init__(self, engine: Any) -> None:
+    def __init__(self, store: Any) -> None:
         from sqlalchemy import event
 
         self.times: dict[str, list[float]] = defaultdict(list)
         self.events: dict[str, int] = defaultdict(int)
-        sync = engine.sync_engine
+        # the async engine, and on SQLite the engine of the queue's one-hop transactions
+        engines = [store.engine.sync_engine]
+        if store.thread_engine is not None:
+            engines.append(store.thread_engine)
+        for sync in engines:
+            event.listen(sync, "before_cursor_execute", self._before)
+            event.listen(sync, "after_cursor_execute", self._after)
+            for target, name in ((sync, "begin"), (sync, "commit"), (sync.pool, "checkout")):
+                event.listen(target, name, self._counter(name))
 
-        @event.listens_for(sync, "before_cursor_execute")
-        def before(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-            conn.info.setdefault("bench_t0", []).append(time.perf_counter())
+    @staticmethod
+    def _before(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        conn.info.setdefault("bench_t0", []).append(time.perf_counter())
 
-        @event.listens_for(sync, "after_cursor_execute")
-        def after(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-            elapsed = time.perf_counter() - conn.info["bench_t0"].pop()
-            self.times[_statement_kind(statement)].append(elapsed)
-
-        for target, name in ((sync, "begin"), (sync, "commit"), (sync.pool, "checkout")):
-            event.listen(target, name, self._counter(name))
+    def _after(self, conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        elapsed = time.perf_counter() - conn.info["bench_t0"].pop()
+        self.times[_statement_kind(statement)].append(elapsed)
 
     def _counter(self, name: str) -> Callable[..., None]:
         def hook(*args: Any) -> None:
@@ -791,23 +795,28 @@ class CallTimer:
 
 def _statement_kind(sql: str) -> str:
     words = " ".join(sql.split())
+    if words.startswith("WITH cand AS"):
+        return "claim: WITH cand … UPDATE … RETURNING jobs.*"
     if words.startswith("SELECT jobs.id, jobs.concurrency_key"):
-        return "claim: SELECT candidates"
+        return "claim, careful path: SELECT candidates"
     if words.startswith("UPDATE jobs SET status") and "attempt=(jobs.attempt" in words:
-        return "claim: UPDATE … RETURNING jobs.*"
-    if words.startswith("SELECT jobs.id, jobs.event_id"):
-        return "finish: SELECT jobs.* [FOR UPDATE]"
+        return "claim, careful path: UPDATE … RETURNING jobs.*"
+    if words.startswith("UPDATE jobs SET") and "unnest(" in words:
+        return "finish_many: UPDATE … FROM unnest(…) RETURNING jobs.*"
+    if words.startswith("UPDATE jobs SET") and "json_each(" in words:
+        return "finish_many: UPDATE … FROM json_each(…) RETURNING jobs.*"
     if words.startswith("UPDATE jobs SET"):
         return "finish: UPDATE … RETURNING jobs.*"
     if words.startswith("INSERT INTO jobs"):
-        return "enqueue: INSERT … RETURNING jobs.*"
+        return "enqueue_many: INSERT"
     return words[:50]
 
 
 async def profile_cronium(jobs: int) -> None:
     """Where Cronium's drain time goes: the statements PostgreSQL receives per job, the latency
-    of each queue call and statement, a cProfile of the drain (4 in-process workers, claim 10,
-    on PostgreSQL and on SQLite), and the plan of the claim query at this queue depth."""
+    of each queue call and statement, a cProfile of the drain (4 in-process workers, claim 10
+    then finish_many, on PostgreSQL and on SQLite; on SQLite the statements run in a worker
+    thread, which cProfile does not see), and the plan of the claim at this queue depth."""
     with postgres_server() as server, tempfile.TemporaryDirectory(prefix="cronium-bench-") as tmp:
         bench = Bench(server=server, workdir=Path(tmp))
         for system in (CRONIUM_PG, CRONIUM_SQLITE):
@@ -828,13 +837,13 @@ async def profile_cronium(jobs: int) -> None:
                         server_log = f.read().decode("utf-8", "replace")
                     report["server statements"] = _server_statements(server_log, jobs)
             print(
-                f"\n=== {LABELS[system]}: {jobs} jobs, 4 workers, claim 10 "
+                f"\n=== {LABELS[system]}: {jobs} jobs, 4 workers, claim 10 + finish_many "
                 f"(drain under cProfile: {report['rate']:.0f} jobs/s) ==="
             )
             for title in ("server statements", "calls", "statements", "profile"):
                 if title in report:
                     print(f"\n{title}:\n{report[title]}")
-        print("\n=== claim candidate query, EXPLAIN ANALYZE at this queue depth ===")
+        print("\n=== the claim statement, EXPLAIN ANALYZE at this queue depth ===")
         print(await _explain_claim(bench, jobs))
 
 
@@ -847,7 +856,7 @@ async def _profiled_drain(url: str, jobs: int) -> dict[str, Any]:
         store = DataStore(url=url)
         await store.start(stack)
         queue = JobQueue(store=store)
-        timer = CallTimer(store.engine)
+        timer = CallTimer(store)
         calls: dict[str, list[float]] = defaultdict(list)
 
         async def worker(worker_id: str) -> None:
@@ -857,11 +866,9 @@ async def _profiled_drain(url: str, jobs: int) -> dict[str, Any]:
                 calls["claim(limit=10)"].append(time.perf_counter() - t0)
                 if not claimed:
                     return
-                for job in claimed:
-                    assert job.lease_id is not None
-                    t0 = time.perf_counter()
-                    await queue.finish(job.id, job.lease_id, status=JobStatus.SUCCEEDED)
-                    calls["finish()"].append(time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                await queue.finish_many([(j.id, j.lease_id, JobStatus.SUCCEEDED) for j in claimed])
+                calls["finish_many(10 jobs)"].append(time.perf_counter() - t0)
 
         profiler = cProfile.Profile()
         start = time.monotonic()
@@ -902,14 +909,12 @@ def _server_statements(log: str, jobs: int) -> str:
         if n / jobs >= 0.01
     ]
     rows.append(["total logged", sum(kinds.values()) / jobs])
-    return format_table(["statement (as logged)", "per job"], rows) + (
-        "\n(the pool's pre-ping also sends an empty statement per checkout, which is not logged;"
-        " its BEGIN and ROLLBACK are)"
-    )
+    return format_table(["statement (as logged)", "per job"], rows)
 
 
 async def _explain_claim(bench: Bench, depth: int) -> str:
-    """EXPLAIN ANALYZE of the claim's candidate query with ``depth`` queued jobs."""
+    """EXPLAIN ANALYZE of the claim statement (PostgreSQL) with ``depth`` queued jobs; it runs
+    in a transaction that is rolled back, so it claims nothing."""
     from sqlalchemy import event
 
     async with bench.target(CRONIUM_PG) as (target, _url):
@@ -917,16 +922,21 @@ async def _explain_claim(bench: Bench, depth: int) -> str:
         captured: list[tuple[str, Any]] = []
 
         def grab(conn: Any, cursor: Any, statement: str, params: Any, *args: Any) -> None:
-            if statement.lstrip().startswith("SELECT jobs.id, jobs.concurrency_key"):
+            if statement.lstrip().startswith("WITH cand AS"):
                 captured.append((statement, params))
 
         event.listen(target.store.engine.sync_engine, "before_cursor_execute", grab)
         await target.queue.claim("explain", limit=10)
         statement, params = captured[0]
-        async with target.store.begin() as conn:
+        async with target.store.engine.connect() as conn:
             raw = await conn.get_raw_connection()
             driver: Any = raw.driver_connection
-            rows = await driver.fetch("EXPLAIN (ANALYZE, BUFFERS) " + statement, *params)
+            transaction = driver.transaction()
+            await transaction.start()
+            try:
+                rows = await driver.fetch("EXPLAIN (ANALYZE, BUFFERS) " + statement, *params)
+            finally:
+                await transaction.rollback()
         return "\n".join("  " + r[0] for r in rows)
 
 

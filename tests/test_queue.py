@@ -10,11 +10,11 @@ import anyio
 import pytest
 import sqlalchemy as sa
 
-from cronium_core import Event, FakeClock, JobStatus, RetryPolicy, Script, Stream
+from cronium_core import Event, FakeClock, JobStatus, RetryPolicy, Script, Stream, Trigger
 from cronium_core.datastore import DataStore
 from cronium_core.errors import JobNotFound, ValidationError
 from cronium_core.events import OverlapPolicy
-from cronium_core.queue import JobQueue
+from cronium_core.queue import EnqueueItem, FinishItem, JobQueue
 from cronium_core.schema import jobs as JT
 
 pytestmark = pytest.mark.anyio
@@ -262,3 +262,209 @@ async def test_logs_in_order_and_capped(store: DataStore, clock: FakeClock) -> N
         "line 3",
         "line 4",
     ]
+
+
+# -- batches --------------------------------------------------------------------------------
+
+
+async def test_enqueue_many_returns_what_is_stored(
+    store: DataStore, queue: JobQueue, clock: FakeClock
+) -> None:
+    plain = await add(store, "plain", priority=3)
+    limited = await add(store, "limited", max_concurrency=2, retry=RetryPolicy(max_attempts=4))
+    later = clock.now() + timedelta(seconds=5)
+    jobs = await queue.enqueue_many(
+        [
+            (plain, {}),
+            EnqueueItem(event=limited, input={"n": 1, "t": (1, 2)}, priority=7),
+            (plain, {"input": {"a": [1, {"b": None}]}, "trigger": Trigger.SCHEDULE}),
+            (limited, {"run_after": later, "fire_time": later, "backfilled": True}),
+            (plain, {"workflow_run_id": "run-1", "node_id": "n1"}),
+        ]
+    )
+    assert [j.event_id for j in jobs] == [plain.id, limited.id, plain.id, limited.id, plain.id]
+    assert len({j.id for j in jobs}) == 5
+    # what enqueue_many returns without reading back is what the database holds
+    for job in jobs:
+        assert await queue.get(job.id) == job
+    assert jobs[0].priority == 3 and jobs[1].priority == 7 and jobs[1].max_attempts == 4
+    assert jobs[1].input == {"n": 1, "t": [1, 2]}
+    assert jobs[2].trigger is Trigger.SCHEDULE and jobs[3].backfilled
+    assert jobs[3].run_after == later == jobs[3].fire_time
+    assert await queue.enqueue_many([]) == []
+    # the limited event's limit came along: two of its jobs, one not yet due
+    claimed = await queue.claim("w", 10)
+    assert {j.id for j in claimed} == {jobs[0].id, jobs[1].id, jobs[2].id, jobs[4].id}
+
+
+async def test_enqueue_many_honours_idempotency_keys(store: DataStore, queue: JobQueue) -> None:
+    ev = await add(store)
+    first = await queue.enqueue(ev, idempotency_key="a")
+    jobs = await queue.enqueue_many(
+        [
+            (ev, {"idempotency_key": "a"}),  # taken before
+            (ev, {"idempotency_key": "b"}),  # new
+            (ev, {}),
+            (ev, {"idempotency_key": "b"}),  # taken by an item of this call
+            (ev, {"idempotency_key": "c", "input": {"x": 1}}),
+        ]
+    )
+    assert jobs[0] == first
+    assert jobs[3] == jobs[1] != jobs[4]
+    assert jobs[1].idempotency_key == "b" and jobs[2].idempotency_key is None
+    assert await queue.count() == 4
+    again = await queue.enqueue_many([(ev, {"idempotency_key": k}) for k in "cba"])
+    assert [j.id for j in again] == [jobs[4].id, jobs[1].id, first.id]
+    assert again[0].input == {"x": 1}
+    assert await queue.count() == 4
+
+
+async def test_enqueue_many_is_one_transaction(store: DataStore, queue: JobQueue) -> None:
+    ev = await add(store)
+    with pytest.raises(ValidationError):
+        await queue.enqueue_many([(ev, {}), (ev, {"idempotency_key": "x" * 201})])
+    with pytest.raises(ValidationError):
+        await queue.enqueue_many([(ev, {}), (Event(name="unsaved", action=NOOP), {})])
+    with pytest.raises(TypeError):
+        await queue.enqueue_many([(ev, {"colour": "red"})])
+
+    class Rollback(Exception):
+        pass
+
+    with pytest.raises(Rollback):
+        async with store.begin() as conn:
+            await queue.enqueue_many([(ev, {})] * 3, conn=conn)
+            raise Rollback
+    assert await queue.count() == 0
+    async with store.begin() as conn:
+        await queue.enqueue_many([(ev, {})] * 3, conn=conn)
+    assert await queue.count(JobStatus.QUEUED) == 3
+
+
+async def test_finish_many_decides_like_finish(
+    store: DataStore, queue: JobQueue, clock: FakeClock
+) -> None:
+    once = await add(store, "once")
+    retried = await add(
+        store, "retried", retry=RetryPolicy(max_attempts=2, backoff_base=1.5, backoff_max=60)
+    )
+    await queue.enqueue_many([(once, {})] * 2 + [(retried, {})] * 5 + [(once, {})])
+    claimed = await queue.claim("w", 10)
+    ok, ok2, r_fail, r_timeout, r_cancel, r_flagged, r_stale, spent = claimed
+    assert {j.event_id for j in (r_fail, r_timeout, r_cancel, r_flagged, r_stale)} == {retried.id}
+    await queue.request_cancel(r_flagged.id)  # a cancel request means no retry
+    assert await queue.release(r_stale.id, r_stale.lease_id or "")
+    [r_stale_now] = await queue.claim("w2")
+    assert await queue.set_output(ok2.id, ok2.lease_id or "", {"early": True})
+    clock.advance(2)
+    now = clock.now()
+    results = await queue.finish_many(
+        [
+            (ok.id, ok.lease_id, JobStatus.SUCCEEDED, 0, None, {"out": 1}, True),
+            FinishItem(ok2.id, ok2.lease_id or "", JobStatus.SUCCEEDED, condition=False),
+            (r_fail.id, r_fail.lease_id, JobStatus.FAILED, 3, "boom"),
+            (r_timeout.id, r_timeout.lease_id, JobStatus.TIMED_OUT, None, "slow"),
+            (r_cancel.id, r_cancel.lease_id, JobStatus.CANCELLED),
+            (r_flagged.id, r_flagged.lease_id, JobStatus.FAILED, 1),
+            (r_stale.id, r_stale.lease_id, JobStatus.SUCCEEDED),  # fenced: re-claimed
+            (spent.id, spent.lease_id, JobStatus.FAILED, 1),
+            ("no-such-job", "lease", JobStatus.SUCCEEDED),
+            (ok.id, ok.lease_id, JobStatus.FAILED),  # the same attempt again: fenced
+        ]
+    )
+    assert [None if r is None else r.retrying for r in results] == [
+        False, False, True, True, False, False, None, False, None, None,
+    ]  # fmt: skip
+    assert [r.job.status for r in results if r is not None] == [
+        JobStatus.SUCCEEDED,
+        JobStatus.SUCCEEDED,
+        JobStatus.QUEUED,
+        JobStatus.QUEUED,
+        JobStatus.CANCELLED,
+        JobStatus.FAILED,
+        JobStatus.FAILED,
+    ]
+    for r in results:
+        if r is not None:
+            assert await queue.get(r.job.id) == r.job
+    done = await queue.get(ok.id)
+    assert (done.output, done.condition, done.exit_code) == ({"out": 1}, True, 0)
+    assert done.finished_at == now and done.lease_id is None and done.lease_owner == "w"
+    # no output given: the one the job set while running stays
+    kept = await queue.get(ok2.id)
+    assert kept.output == {"early": True} and kept.condition is False
+    back = await queue.get(r_fail.id)
+    assert back.run_after == now + timedelta(seconds=1.5) and back.error == "boom"
+    assert back.exit_code == 3 and back.lease_owner is None and back.finished_at is None
+    assert (await queue.get(r_stale_now.id)).status is JobStatus.RUNNING
+    assert await queue.finish_many([]) == []
+    with pytest.raises(ValueError, match="final status"):
+        await queue.finish_many([(ok.id, ok.lease_id, JobStatus.RUNNING)])
+
+
+async def test_finish_many_in_the_callers_transaction(store: DataStore, queue: JobQueue) -> None:
+    ev = await add(store)
+    await queue.enqueue_many([(ev, {})] * 3)
+    claimed = await queue.claim("w", 3)
+    ends = [(j.id, j.lease_id, JobStatus.SUCCEEDED) for j in claimed]
+
+    class Rollback(Exception):
+        pass
+
+    with pytest.raises(Rollback):
+        async with store.begin() as conn:
+            assert all(await queue.finish_many(ends, conn=conn))
+            raise Rollback
+    assert await queue.count(JobStatus.RUNNING) == 3
+    async with store.begin() as conn:
+        assert all(await queue.finish_many(ends, conn=conn))
+    assert await queue.count(JobStatus.SUCCEEDED) == 3
+
+
+@pytest.mark.parametrize("base", [0.3, 0.1, 1e-7, 2.5e-6, 7.0000005])
+async def test_backoff_to_the_microsecond(
+    store: DataStore, queue: JobQueue, clock: FakeClock, base: float
+) -> None:
+    """Where the retry time is computed (SQL on PostgreSQL, Python on SQLite and in the reaper)
+    it comes out as now + timedelta(seconds=backoff), to the microsecond."""
+    ev = await add(store, retry=RetryPolicy(max_attempts=3, backoff_base=base, backoff_max=600))
+    one, two = await queue.enqueue_many([(ev, {})] * 2)
+    for attempt in (1, 2):
+        a, b = await queue.claim("w", 2)
+        clock.advance(microseconds=7)
+        res = await queue.finish(a.id, a.lease_id or "", status=JobStatus.FAILED)
+        [many] = await queue.finish_many([(b.id, b.lease_id, JobStatus.TIMED_OUT)])
+        want = clock.now() + timedelta(seconds=min(600, base * 2 ** (attempt - 1)))
+        assert res is not None and res.job.run_after == want
+        assert many is not None and many.job.run_after == want
+        clock.advance(seconds=1000)
+    assert {one.id, two.id} == {j.id for j in await queue.claim("w", 2)}
+
+
+async def test_claim_order_and_executors(
+    store: DataStore, queue: JobQueue, clock: FakeClock
+) -> None:
+    local = await add(store, "local")
+    remote = await store.add_event(Event(name="remote", action=NOOP, executor="http"))
+    now = clock.now()
+    # one tick's catch-up runs (same priority and times): fire_time orders them, NULL last
+    tick = [await queue.enqueue(local)]
+    for minutes in (1, 3, 2):
+        tick.append(await queue.enqueue(local, fire_time=now - timedelta(minutes=minutes)))
+    # a batch is claimed in its order, whatever its random ids
+    clock.advance(1)
+    batch = await queue.enqueue_many([(local, {"input": {"i": i}}) for i in range(6)])
+    [remote_job] = await queue.enqueue_many([(remote, {})])
+    assert await queue.claim("w", 5, executors=[]) == []
+    [r] = await queue.claim("w", 5, executors=["http"])
+    assert r.id == remote_job.id
+    claimed = await queue.claim("w", 20, executors=["local", "other"])
+    want = [tick[2], tick[3], tick[1], tick[0], *batch]
+    assert [j.id for j in claimed] == [j.id for j in want]
+
+
+async def test_finish_of_an_unknown_job_raises(queue: JobQueue) -> None:
+    with pytest.raises(JobNotFound):
+        await queue.finish("nope", "lease", status=JobStatus.SUCCEEDED)
+    with pytest.raises(JobNotFound):
+        await queue.finish("nope", "lease", status=JobStatus.FAILED)

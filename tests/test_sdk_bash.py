@@ -4,6 +4,7 @@ through Cronium, and against small stand-in servers for retries, timeouts and fa
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -30,8 +31,9 @@ from cronium_core import (
     Stream,
     Workflow,
 )
+from cronium_runtime import serve
 from tests.test_runtime_api import Runtime, runtime
-from tests.test_sdk_node import StandIn, stand_in  # noqa: F401 (a fixture)
+from tests.test_sdk_node import StandIn
 from tests.test_sdk_python import FAKE_TOKEN, SUCCESS, UNAVAILABLE, free_port
 
 pytestmark = [
@@ -58,6 +60,15 @@ def clock() -> FakeClock:
 async def rt(db_url: str, clock: FakeClock) -> AsyncIterator[Runtime]:
     async with runtime(db_url, clock) as value:
         yield value
+
+
+@pytest.fixture
+async def stand_in() -> AsyncIterator[StandIn]:
+    server = StandIn()
+    async with anyio.create_task_group() as tg:
+        server.url = await tg.start(serve, server.app())
+        yield server
+        tg.cancel_scope.cancel()
 
 
 def job_env(url: str | None, token: str | None, execution_id: str | None) -> dict[str, str]:
@@ -110,7 +121,8 @@ async def test_sourcing_only_defines_functions(tmp_path: Path) -> None:
         variables=$(compgen -v | grep -v -e '^options$' -e '^PIPESTATUS$' -e '^BASH_' | sort)
         . "$1"
         [[ $(set -o; shopt -p) == "$options" ]] || { echo "options changed"; exit 1; }
-        now=$(compgen -v | grep -v -e '^options$' -e '^variables$' -e '^PIPESTATUS$' -e '^BASH_' | sort)
+        now=$(compgen -v | grep -v -e '^options$' -e '^variables$' -e '^PIPESTATUS$' -e '^BASH_' \\
+            | sort)
         [[ $now == "$variables" ]] || { diff <(echo "$variables") <(echo "$now"); exit 1; }
         compgen -A function | sort | tr '\\n' ' '
     """)  # fmt: skip
@@ -141,6 +153,7 @@ async def test_outside_a_job(tmp_path: Path) -> None:
         """,
         tmp_path, url=None, token=None, execution_id=None,
     )  # fmt: skip
+    assert code == 0, err
     assert out.split("\n") == [
         "input 2", "condition 2", "output 2", "set_condition 2", "get_variable 2", "",
     ]  # fmt: skip
@@ -163,8 +176,10 @@ async def test_script_round_trip(rt: Runtime, tmp_path: Path) -> None:
     code, out, err = await run_bash(
         """
         set -euo pipefail
+        shopt -s inherit_errexit
         data=$(cronium_input)
-        cronium_output "$(jq -c '{count: (.rows | length), text: "größe \\"q\\" \\\\ \\n"}' <<<"$data")"
+        cronium_output "$(jq -c '{count: (.rows | length), text: "größe \\"q\\" \\\\ \\n"}' \\
+            <<<"$data")"
         before=$(cronium_get_condition)
         cronium_set_condition true
         after=$(croniumGetCondition)
@@ -215,6 +230,7 @@ async def test_variables(rt: Runtime, tmp_path: Path) -> None:
     code, out, err = await run_bash(
         """
         set -euo pipefail
+        CRONIUM_SDK_BACKOFF=0.01  # 501 is retried: keep it quick while the endpoint is pending
         k=sdk_bash_counter
         echo "missing $(cronium_get_variable $k)"
         cronium_variable_exists $k || echo "exists $?"
@@ -324,7 +340,8 @@ async def test_workflow_passes_output_between_bash_and_node(cr: Cronium) -> None
     )))  # fmt: skip
     count = await cr.events.add(Event(name="count", action=Script(language="node", code=(
         "const c = require('cronium');\n"
-        "c.input().then((d) => c.output({ count: d.items.length, sum: d.items.reduce((a, b) => a + b, 0) }));\n"
+        "c.input().then((d) => c.output({\n"
+        "  count: d.items.length, sum: d.items.reduce((a, b) => a + b, 0) }));\n"
     ))))  # fmt: skip
     report = await cr.events.add(Event(name="report", action=bash(
         """
@@ -403,6 +420,7 @@ async def test_success_false_is_an_error(stand_in: StandIn, tmp_path: Path) -> N
         "cronium_event || echo $?\n", tmp_path, url=stand_in.url, token=FAKE_TOKEN,
         execution_id="e1",
     )  # fmt: skip
+    assert code == 0, err
     assert out == "3\n" and err == "cronium: cronium_event: HTTP 200 odd: said no\n"
 
 
@@ -441,6 +459,7 @@ async def test_variable_helpers(stand_in: StandIn, tmp_path: Path) -> None:
         """,
         tmp_path, url=stand_in.url, token=FAKE_TOKEN, execution_id="e1",
     )  # fmt: skip
+    assert code == 0, err
     assert out.splitlines() == [
         "get null", "exists 1", "exists 1", "exists 0", "inc 1", "inc 38.5",
         "inc string 2", "inc by two 2", "append 0", "append to object 2", "delete 0", "set 0",
@@ -452,7 +471,8 @@ async def test_variable_helpers(stand_in: StandIn, tmp_path: Path) -> None:
     ]
     paths = [(method, path) for method, path, _ in stand_in.requests]
     assert paths[0] == ("GET", "/executions/e1/variables/my%20key%2F%C3%BC")
-    puts = [body for (method, _), body in zip(paths, stand_in.bodies) if method == "PUT"]
+    sent = zip(paths, stand_in.bodies, strict=True)
+    puts = [body for (method, _), body in sent if method == "PUT"]
     assert puts == [
         {"value": 1}, {"value": 38.5}, {"value": ["a", {"b": [1]}]}, {"value": [7]},
         {"value": None}, {"value": "text"},
@@ -474,6 +494,7 @@ async def test_tool_actions(stand_in: StandIn, tmp_path: Path) -> None:
         """,
         tmp_path, url=stand_in.url, token=FAKE_TOKEN, execution_id="e1",
     )  # fmt: skip
+    assert code == 0, err
     assert out.splitlines() == [
         "500 3", '{"ok":1}', "503 0", '{"ok":1}', "no config 0", "array config 2",
     ]  # fmt: skip
@@ -494,6 +515,7 @@ async def test_timeout(stand_in: StandIn, tmp_path: Path) -> None:
         FAST + "CRONIUM_SDK_TIMEOUT=0.2 CRONIUM_SDK_ATTEMPTS=2 cronium_input || echo $?\n",
         tmp_path, url=stand_in.url, token=FAKE_TOKEN, execution_id="e1",
     )  # fmt: skip
+    assert code == 0, err
     assert out == "5\n"
     assert err == (
         f"cronium: cronium_input: the Cronium runtime API at {stand_in.url} did not answer "
@@ -509,6 +531,7 @@ async def test_connection_refused_after_retries(tmp_path: Path) -> None:
         "CRONIUM_SDK_BACKOFF=0.05 cronium_get_condition || echo $?\n",
         tmp_path, url=url, token=FAKE_TOKEN, execution_id="e1",
     )  # fmt: skip
+    assert code == 0, err
     elapsed = time.monotonic() - start
     assert out == "4\n"
     assert err == (
@@ -527,6 +550,7 @@ async def test_bad_settings(tmp_path: Path) -> None:
         """,
         tmp_path, url="http://127.0.0.1:9", token=FAKE_TOKEN, execution_id="e1",
     )  # fmt: skip
+    assert code == 0, err
     assert out.split() == ["2", "2", "2"]
     lines = err.splitlines()
     assert lines[0] == "cronium: cronium_input: CRONIUM_EXECUTION_TOKEN is malformed"
@@ -538,10 +562,8 @@ def command_lines() -> dict[int, bytes]:
     lines = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
-            try:
+            with contextlib.suppress(OSError):  # gone, or not ours to read
                 lines[int(entry.name)] = (entry / "cmdline").read_bytes()
-            except OSError:  # gone, or not ours to read
-                pass
     return lines
 
 

@@ -14,7 +14,6 @@ from typing import Any
 
 import anyio
 import pytest
-
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -240,7 +239,8 @@ async def test_variables(rt: Runtime, tmp_path: Path) -> None:
           await cronium.setVariable('sdk_node_counter', { n: 1, tags: ['a'] });
           const set = await cronium.getVariable('sdk_node_counter');
           await cronium.setVariable('sdk_node_counter', null);
-          console.log(JSON.stringify([missing, set, await cronium.getVariable('sdk_node_counter')]));
+          const unset = await cronium.getVariable('sdk_node_counter');
+          console.log(JSON.stringify([missing, set, unset]));
         })();
         """,
         tmp_path, url=rt.url, token=token, execution_id=job.id,
@@ -249,9 +249,7 @@ async def test_variables(rt: Runtime, tmp_path: Path) -> None:
     assert last_json(out) == [None, {"n": 1, "tags": ["a"]}, None]
 
 
-async def test_revoked_token_is_an_api_error_without_the_token(
-    rt: Runtime, tmp_path: Path
-) -> None:
+async def test_revoked_token_is_an_api_error_without_the_token(rt: Runtime, tmp_path: Path) -> None:
     job, token = await rt.running_job()
     assert job.lease_id is not None
     await rt.engine.finish_job(job.id, job.lease_id, status=JobStatus.SUCCEEDED, exit_code=0)
@@ -465,9 +463,7 @@ async def test_success_false_is_an_error(stand_in: StandIn, tmp_path: Path) -> N
     assert out.strip() == "CroniumAPIError 200 said no"
 
 
-async def test_tool_actions_are_not_repeated_after_a_500(
-    stand_in: StandIn, tmp_path: Path
-) -> None:
+async def test_tool_actions_are_not_repeated_after_a_500(stand_in: StandIn, tmp_path: Path) -> None:
     # a 500 may come after the message went out; a 503 means it was not taken
     stand_in.answers = [(500, {"success": False, "error": "boom", "message": "boom"})]
     code, out, err = await run_node(
@@ -592,18 +588,22 @@ async def test_client_settings_and_bad_calls(tmp_path: Path) -> None:
             lines.push(err.message);
           }
         }
-        c.setCondition('yes').catch((err) => {
-          lines.push(`${err.name}: ${err.message}`);
+        (async () => {
+          const calls = [() => c.setCondition('yes'), () => c.executeToolAction('t', 'a', [1])];
+          for (const call of calls) {
+            await call().catch((err) => lines.push(`${err.name}: ${err.message}`));
+          }
           console.log(JSON.stringify(lines));
-        });
+        })();
         """,
         tmp_path, url="http://127.0.0.1:9", token=FAKE_TOKEN, execution_id="e1",
     )  # fmt: skip
     assert code == 0, err
-    shown, as_json, hidden, space, newline, ftp, garbage, not_bool = last_json(out)
+    shown, as_json, hidden, space, newline, ftp, garbage, not_bool, not_object = last_json(out)
     assert shown == 'Client { baseUrl: "http://127.0.0.1:9", executionId: "e1" }' == hidden
     assert json.loads(as_json) == {"baseUrl": "http://127.0.0.1:9", "executionId": "e1"}
     assert space == newline == "CRONIUM_EXECUTION_TOKEN is malformed"
     assert "not an http(s) URL" in ftp and "not an http(s) URL" in garbage
     assert not_bool == "TypeError: setCondition() takes true or false"
+    assert not_object == "TypeError: executeToolAction() takes its config as an object"
     assert "s3cr3t" not in out + err

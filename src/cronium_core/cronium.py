@@ -26,6 +26,7 @@ import attrs
 
 from .broker import EventBroker, LocalBroker, Notice, PostgresBroker
 from .clock import Clock, SystemClock
+from .crypto import Cipher
 from .datastore import DataStore, EventRecord
 from .engine import RunEngine, WorkflowRun, check_action_chain
 from .errors import CroniumError, JobWaitTimeout
@@ -37,6 +38,8 @@ from .queue import JobQueue
 from .runtime import RuntimeService, parse_keys, runtime_env
 from .scheduler import FireRecord, Scheduler
 from .tokens import ExecutionTokens, generate_key
+from .tools import ToolRegistry
+from .variables import ValkeyCache, VariableCache, VariableStore
 from .worker import Worker
 from .workflows import Workflow
 
@@ -71,6 +74,8 @@ class Cronium:
         runtime_host: str = "127.0.0.1",
         runtime_port: int = 0,
         runtime_keys: str | None = None,
+        secret_keys: str | None = None,
+        valkey_url: str | None = None,
     ) -> None:
         self.store = DataStore(url=url, clock=clock or SystemClock())
         self.queue = JobQueue(store=self.store, lease_seconds=lease_seconds)
@@ -98,7 +103,17 @@ class Cronium:
             runtime_keys or os.environ.get("CRONIUM_RUNTIME_KEYS") or "k0:" + generate_key()
         )
         self.tokens = ExecutionTokens(keys, kid, clock=self.store.clock)
-        self.runtime = RuntimeService(self.queue, self.store, self.tokens)
+        self.cipher = Cipher.from_env(secret_keys)
+        cache_url = valkey_url or os.environ.get("CRONIUM_VALKEY_URL")
+        self.variables = VariableStore(
+            store=self.store,
+            cipher=self.cipher,
+            cache=VariableCache(shared=ValkeyCache(url=cache_url) if cache_url else None),
+        )
+        self.tools = ToolRegistry()
+        self.runtime = RuntimeService(
+            self.queue, self.store, self.tokens, variables=self.variables, tools=self.tools
+        )
         #: the runtime API's base URL once it is served (worker with a runtime server plugin)
         self.runtime_url: str | None = None
         self._stack: AsyncExitStack | None = None
@@ -122,6 +137,8 @@ class Cronium:
             pm = make_plugin_manager(
                 extra_plugins=self._plugins, load_entry_points=self._load_entry_points
             )
+            await self.variables.start(stack)
+            pm.hook.cronium_register_tools(register=self.tools)
             registry = load_executors(pm)
             names = self._executor_names if self._executor_names is not None else registry.names()
             if self._want_worker:
@@ -146,6 +163,7 @@ class Cronium:
                     max_jobs=self._max_jobs,
                     poll_interval=self._poll_interval,
                     reap_interval=self._reap_interval,
+                    secrets=self.variables.secret_values,
                     runtime_env=runtime_env(self.runtime_url, self.tokens)
                     if self.runtime_url
                     else None,

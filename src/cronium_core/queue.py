@@ -39,7 +39,7 @@ from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from . import schema
-from .datastore import DataStore, new_id
+from .datastore import DataStore, new_id, new_ids
 from .errors import JobNotFound, ValidationError
 from .events import Event
 from .executors import UNSET
@@ -109,38 +109,43 @@ class FinishItem(NamedTuple):
     condition: bool | None = None
 
 
+#: the position of each column in a row of ``jobs`` (every query that makes a Job selects or
+#: returns the whole row, in table order)
+_AT = {column.name: i for i, column in enumerate(J.c)}
+
+
 def _job(row: Any) -> Job:
-    m = row._mapping
+    t = tuple(row)
     return Job(
-        id=m["id"],
-        event_id=m["event_id"],
-        status=m["status"],
-        trigger=m["trigger"],
-        input=m["input"] if m["input"] is not None else {},
-        priority=m["priority"],
-        attempt=m["attempt"],
-        max_attempts=m["max_attempts"],
-        run_after=m["run_after"],
-        created_at=m["created_at"],
-        executor=m["executor"],
-        lease_owner=m["lease_owner"],
-        lease_id=m["lease_id"],
-        lease_expires=m["lease_expires"],
-        heartbeat_at=m["heartbeat_at"],
-        started_at=m["started_at"],
-        finished_at=m["finished_at"],
-        exit_code=m["exit_code"],
-        output=m["output"],
-        condition=m["condition"],
-        error=m["error"],
-        cancel_requested=bool(m["cancel_requested"]),
-        fire_time=m["fire_time"],
-        workflow_run_id=m["workflow_run_id"],
-        node_id=m["node_id"],
-        idempotency_key=m["idempotency_key"],
-        timeout=m["timeout"],
-        backfilled=bool(m["backfilled"]),
-        log_truncated=bool(m["log_truncated"]),
+        id=t[_AT["id"]],
+        event_id=t[_AT["event_id"]],
+        status=t[_AT["status"]],
+        trigger=t[_AT["trigger"]],
+        input=t[_AT["input"]] if t[_AT["input"]] is not None else {},
+        priority=t[_AT["priority"]],
+        attempt=t[_AT["attempt"]],
+        max_attempts=t[_AT["max_attempts"]],
+        run_after=t[_AT["run_after"]],
+        created_at=t[_AT["created_at"]],
+        executor=t[_AT["executor"]],
+        lease_owner=t[_AT["lease_owner"]],
+        lease_id=t[_AT["lease_id"]],
+        lease_expires=t[_AT["lease_expires"]],
+        heartbeat_at=t[_AT["heartbeat_at"]],
+        started_at=t[_AT["started_at"]],
+        finished_at=t[_AT["finished_at"]],
+        exit_code=t[_AT["exit_code"]],
+        output=t[_AT["output"]],
+        condition=t[_AT["condition"]],
+        error=t[_AT["error"]],
+        cancel_requested=bool(t[_AT["cancel_requested"]]),
+        fire_time=t[_AT["fire_time"]],
+        workflow_run_id=t[_AT["workflow_run_id"]],
+        node_id=t[_AT["node_id"]],
+        idempotency_key=t[_AT["idempotency_key"]],
+        timeout=t[_AT["timeout"]],
+        backfilled=bool(t[_AT["backfilled"]]),
+        log_truncated=bool(t[_AT["log_truncated"]]),
     )
 
 
@@ -194,8 +199,40 @@ def _claim_order(t: Any) -> builtins.list[Any]:
     ]
 
 
-def _array(values: builtins.list[Any], item_type: Any) -> Any:
-    return sa.bindparam(None, values, type_=postgresql.ARRAY(item_type))
+def _param(name: str, type_: Any = None) -> Any:
+    return sa.bindparam(name, type_=type_)
+
+
+def _array(name: str, item_type: Any) -> Any:
+    return sa.bindparam(name, type_=postgresql.ARRAY(item_type))
+
+
+_NOW = functools.partial(_param, "p_now", schema.UTCDateTime())
+
+#: the columns an enqueue writes (the others start from their server defaults), with the
+#: types of their parameters
+_INSERTED: tuple[tuple[str, Any], ...] = (
+    ("id", sa.String),
+    ("event_id", sa.String),
+    ("status", sa.String),
+    ("trigger", sa.String),
+    ("input", sa.Text),  # as JSON text, cast to jsonb in the statement
+    ("priority", sa.Integer),
+    ("max_attempts", sa.Integer),
+    ("backoff_base", sa.Float),
+    ("backoff_max", sa.Float),
+    ("timeout", sa.Float),
+    ("executor", sa.String),
+    ("run_after", schema.UTCDateTime()),
+    ("created_at", schema.UTCDateTime()),
+    ("concurrency_key", sa.String),
+    ("concurrency_limit", sa.Integer),
+    ("fire_time", schema.UTCDateTime()),
+    ("backfilled", sa.Boolean),
+    ("workflow_run_id", sa.String),
+    ("node_id", sa.String),
+    ("idempotency_key", sa.String),
+)
 
 
 @attrs.define(kw_only=True, eq=False)
@@ -204,6 +241,9 @@ class JobQueue:
     #: seconds a claim lasts without a heartbeat
     lease_seconds: float = 30.0
     max_log_bytes: int = DEFAULT_MAX_LOG_BYTES
+    #: the hot statements, built once with parameters: building a statement (and its cache
+    #: key) costs SQLAlchemy more than running it, and a reused one keeps its compiled form
+    _statements: dict[Any, Any] = attrs.field(init=False, factory=dict)
 
     @property
     def clock(self) -> Any:
@@ -221,6 +261,33 @@ class JobQueue:
         return sa.func.strftime(
             "%Y-%m-%d %H:%M:%f", "now", f"{seconds:+.3f} seconds", type_=schema.UTCDateTime()
         )
+
+    def _lease_end(self) -> Any:
+        """:meth:`_lease_time` of the lease, for a prebuilt statement: SQL with a parameter
+        whose value :meth:`_lease_params` gives."""
+        if self.clock.authoritative:
+            return _param("p_lease_end", schema.UTCDateTime())
+        if self.store.is_postgres:
+            return sa.func.statement_timestamp(type_=schema.UTCDateTime()) + _param(
+                "p_lease", sa.Interval()
+            )
+        return sa.func.strftime(
+            "%Y-%m-%d %H:%M:%f", "now", _param("p_lease", sa.String), type_=schema.UTCDateTime()
+        )
+
+    def _lease_params(self) -> dict[str, Any]:
+        seconds = self.lease_seconds
+        if self.clock.authoritative:
+            return {"p_lease_end": self.clock.now() + timedelta(seconds=seconds)}
+        if self.store.is_postgres:
+            return {"p_lease": timedelta(seconds=seconds)}
+        return {"p_lease": f"{seconds:+.3f} seconds"}
+
+    def _statement(self, key: Any, build: Callable[[], Any]) -> Any:
+        statement = self._statements.get(key)
+        if statement is None:
+            statement = self._statements[key] = build()
+        return statement
 
     async def _run(
         self,
@@ -278,118 +345,101 @@ class JobQueue:
         them in the order given. An item is an :class:`EnqueueItem` or ``(event, kwargs)``
         with ``enqueue``'s keyword arguments. Idempotency keys work as in ``enqueue``: an item
         whose key is already used (also by an earlier item of the same call) gives the job
-        made first. One ``INSERT`` for the lot on PostgreSQL; one executemany on SQLite."""
+        made first. Items are claimed in the order given (other things equal): their
+        ``created_at`` are a microsecond apart. One ``INSERT`` for the lot on PostgreSQL, one
+        executemany on SQLite."""
         if not items:
             return []
         now = self.clock.now()
-        rows = [self._job_values(_enqueue_item(item), now) for item in items]
+        ids = new_ids(len(items))
+        by_event: dict[int, dict[str, Any]] = {}
+        rows: builtins.list[dict[str, Any]] = []
+        for job_id, item in zip(ids, items, strict=True):
+            options: Mapping[str, Any]
+            if isinstance(item, EnqueueItem):
+                event = item.event
+                options = attrs.asdict(item, recurse=False, filter=lambda a, _: a.name != "event")
+            else:
+                event, options = item
+            # what comes from the event is the same for all of its jobs
+            common = by_event.get(id(event))
+            if common is None:
+                common = by_event[id(event)] = _event_values(event)
+            rows.append(_job_values(job_id, common, options, now, len(rows)))
         return await self._run(functools.partial(self._insert, rows), conn, one_statement=True)
-
-    def _job_values(self, item: EnqueueItem, now: datetime) -> dict[str, Any]:
-        event, key = item.event, item.idempotency_key
-        if not event.id:
-            raise ValidationError("event", "must be stored before it can run")
-        if key is not None and not 1 <= len(key) <= 200:
-            raise ValidationError("idempotency_key", "must be 1-200 characters")
-        limit = event.concurrency_limit
-        return {
-            "id": new_id(),
-            "event_id": event.id,
-            "status": JobStatus.QUEUED.value,
-            "trigger": Trigger(item.trigger).value,
-            "input": item.input if item.input is not None else {},
-            "priority": event.priority if item.priority is None else item.priority,
-            "max_attempts": event.retry.max_attempts,
-            "backoff_base": event.retry.backoff_base,
-            "backoff_max": event.retry.backoff_max,
-            "timeout": event.timeout,
-            "executor": event.executor,
-            "run_after": item.run_after or now,
-            "created_at": now,
-            "concurrency_key": event.id if limit is not None else None,
-            "concurrency_limit": limit,
-            "fire_time": item.fire_time,
-            "backfilled": item.backfilled,
-            "workflow_run_id": item.workflow_run_id,
-            "node_id": item.node_id,
-            "idempotency_key": key,
-        }
 
     def _insert(self, rows: builtins.list[dict[str, Any]], c: sa.Connection) -> builtins.list[Job]:
         keyed = [r for r in rows if r["idempotency_key"] is not None]
         inserted: set[str] | None = None
         if self.store.is_postgres:
-            result = c.execute(self._pg_insert(rows, keyed=bool(keyed)))
+            statement, params = self._pg_insert(rows, keyed=bool(keyed))
+            result = c.execute(statement, params)
             if keyed:
                 inserted = set(result.scalars())
-        elif keyed:
-            insert = sqlite_dialect.insert(J).on_conflict_do_nothing(
-                index_elements=["idempotency_key"]
-            )
-            c.execute(insert, rows)
-            ids = [r["id"] for r in keyed]
-            inserted = set(c.execute(sa.select(J.c.id).where(J.c.id.in_(ids))).scalars())
         else:
-            c.execute(sa.insert(J), rows)
+            self._sqlite_insert(rows, keyed=bool(keyed), c=c)
+            if keyed:
+                present = self._statement("present", self._present)
+                found = c.execute(present, {"p_ids": [r["id"] for r in keyed]}).scalars()
+                inserted = set(found)
         jobs = [_new_job(r) for r in rows]
         if inserted is not None and len(inserted) < len(keyed):
             # the key was taken (earlier, or by an earlier item of this call): the first job
-            keys = {r["idempotency_key"] for r in keyed if r["id"] not in inserted}
-            found = c.execute(sa.select(J).where(J.c.idempotency_key.in_(keys))).all()
-            first = {row.idempotency_key: _job(row) for row in found}
+            keys = builtins.list({r["idempotency_key"] for r in keyed if r["id"] not in inserted})
+            by_key = self._statement("by keys", self._by_keys)
+            first = {
+                job.idempotency_key: job for job in map(_job, c.execute(by_key, {"p_keys": keys}))
+            }
             for i, r in enumerate(rows):
                 if r["idempotency_key"] is not None and r["id"] not in inserted:
                     jobs[i] = first[r["idempotency_key"]]
         return jobs
 
-    def _pg_insert(self, rows: builtins.list[dict[str, Any]], *, keyed: bool) -> Any:
-        # one INSERT … SELECT FROM unnest(arrays): a parameter per column, not per value, so
-        # asyncpg sends the batch in one message whatever its size
-        columns: builtins.list[tuple[str, Any]] = [
-            ("id", sa.String),
-            ("event_id", sa.String),
-            ("status", sa.String),
-            ("trigger", sa.String),
-            ("input", sa.Text),
-            ("priority", sa.Integer),
-            ("max_attempts", sa.Integer),
-            ("backoff_base", sa.Float),
-            ("backoff_max", sa.Float),
-            ("timeout", sa.Float),
-            ("executor", sa.String),
-            ("run_after", schema.UTCDateTime()),
-            ("created_at", schema.UTCDateTime()),
-            ("concurrency_key", sa.String),
-            ("concurrency_limit", sa.Integer),
-            ("fire_time", schema.UTCDateTime()),
-            ("backfilled", sa.Boolean),
-            ("workflow_run_id", sa.String),
-            ("node_id", sa.String),
-            ("idempotency_key", sa.String),
-        ]
-        arrays = []
-        for name, type_ in columns:
+    def _sqlite_insert(
+        self, rows: builtins.list[dict[str, Any]], *, keyed: bool, c: sa.Connection
+    ) -> None:
+        """An executemany of the driver's own SQL, the values converted here as the column
+        types would (SQLAlchemy's per-row parameter handling cost twice the insert itself)."""
+        sql, names = self._statement(("insert sqlite", keyed), lambda: _sqlite_insert_sql(keyed))
+        dialect = c.dialect
+        to_text = schema.UTCDateTime().process_bind_param
+        at = names.index
+        data, times = at("input"), [at("run_after"), at("created_at"), at("fire_time")]
+        params = []
+        for r in rows:
+            values = [r[name] for name in names]
+            values[data] = json.dumps(values[data])
+            for i in times:
+                values[i] = to_text(values[i], dialect)
+            params.append(tuple(values))
+        c.exec_driver_sql(sql, params)
+
+    @staticmethod
+    def _present() -> Any:
+        return sa.select(J.c.id).where(J.c.id.in_(sa.bindparam("p_ids", expanding=True)))
+
+    @staticmethod
+    def _by_keys() -> Any:
+        return sa.select(J).where(J.c.idempotency_key.in_(sa.bindparam("p_keys", expanding=True)))
+
+    def _pg_insert(
+        self, rows: builtins.list[dict[str, Any]], *, keyed: bool
+    ) -> tuple[Any, dict[str, Any]]:
+        """One ``INSERT … SELECT FROM unnest(arrays)``: a parameter per column, whatever the
+        number of rows; a column whose value is the same in every row (the event's settings,
+        the time, usually the input) is one scalar parameter instead of an array."""
+        params: dict[str, Any] = {}
+        shared: builtins.list[str] = []
+        for name, _ in _INSERTED:
             values = [r[name] for r in rows]
-            if name == "input":
-                values = [json.dumps(v) for v in values]
-            arrays.append(_array(values, type_))
-        v = (
-            sa.func.unnest(*arrays)
-            .table_valued(*(sa.column(name, type_) for name, type_ in columns))
-            .render_derived(name="v")
-        )
-        select = sa.select(
-            *(
-                sa.cast(v.c[name], postgresql.JSONB) if name == "input" else v.c[name]
-                for name, _ in columns
-            )
-        )
-        insert = postgresql.insert(J).from_select([name for name, _ in columns], select)
-        if keyed:
-            return insert.on_conflict_do_nothing(index_elements=["idempotency_key"]).returning(
-                J.c.id
-            )
-        return insert
+            if values.count(values[0]) == len(values):
+                shared.append(name)
+                value = values[0]
+                params[f"e_{name}"] = json.dumps(value) if name == "input" else value
+            else:
+                params[f"e_{name}"] = [json.dumps(v) for v in values] if name == "input" else values
+        key = ("insert", frozenset(shared), keyed)
+        return self._statement(key, lambda: _pg_insert_statement(set(shared), keyed)), params
 
     # -- claim, heartbeat ---------------------------------------------------------------
 
@@ -404,18 +454,30 @@ class JobQueue:
         if limit < 1:
             return []
         now = self.clock.now()
-        names = None if executors is None else builtins.list(executors)
+        params = {
+            "p_now": now,
+            "p_limit": limit,
+            "p_worker": worker_id,
+            # one fresh lease id per claimed row: this claim's batch id + the job id
+            "p_batch": new_id() + ":",
+            **self._lease_params(),
+        }
+        if executors is not None:
+            params["p_executors"] = builtins.list(executors)
+        by_executor = executors is not None
         if self.store.is_postgres:
             # the common case in one autocommit statement; it claims nothing (and says so)
             # when a candidate has a concurrency limit, which needs the careful path below
-            fast = functools.partial(self._claim_fast, worker_id, limit, names, now)
+            fast = functools.partial(self._claim_fast, by_executor, params)
             jobs = await self.store.transact(fast, one_statement=True)
             if jobs is not None:
                 return jobs
-        careful = functools.partial(self._claim_careful, worker_id, limit, names, now)
+            careful = functools.partial(self._claim_careful, by_executor, params)
+        else:
+            careful = functools.partial(self._claim_sqlite, by_executor, params)
         return await self.store.transact(careful)
 
-    def _candidates(self, limit: int, executors: builtins.list[str] | None, now: datetime) -> Any:
+    def _candidates(self, by_executor: bool) -> Any:
         running = J.alias("running")
         busy = (
             sa.select(sa.func.count())
@@ -438,42 +500,31 @@ class JobQueue:
             )
             .where(
                 _status_is(J.c.status, JobStatus.QUEUED),
-                J.c.run_after <= now,
+                J.c.run_after <= _NOW(),
                 sa.or_(J.c.concurrency_limit.is_(None), busy < J.c.concurrency_limit),
             )
             .order_by(*_claim_order(J))
-            .limit(limit)
+            .limit(_param("p_limit", sa.Integer))
         )
-        if executors is not None:
-            query = query.where(J.c.executor.in_(executors))
+        if by_executor:
+            query = query.where(J.c.executor.in_(sa.bindparam("p_executors", expanding=True)))
         if self.store.is_postgres:
             query = query.with_for_update(skip_locked=True, of=J)
         return query
 
-    def _claim_values(self, worker_id: str, now: datetime) -> dict[str, Any]:
-        # one fresh lease id per claimed row: this claim's batch id + the job id
-        batch = new_id()
+    def _claim_values(self) -> dict[str, Any]:
         return {
             "status": JobStatus.RUNNING.value,
             "attempt": J.c.attempt + 1,
-            "lease_owner": worker_id,
-            "lease_id": sa.literal(batch + ":", sa.String) + J.c.id,
-            "lease_expires": self._lease_time(self.lease_seconds),
-            "heartbeat_at": now,
-            "started_at": now,
+            "lease_owner": _param("p_worker", sa.String),
+            "lease_id": _param("p_batch", sa.String) + J.c.id,
+            "lease_expires": self._lease_end(),
+            "heartbeat_at": _NOW(),
+            "started_at": _NOW(),
         }
 
-    def _claim_fast(
-        self,
-        worker_id: str,
-        limit: int,
-        executors: builtins.list[str] | None,
-        now: datetime,
-        c: sa.Connection,
-    ) -> builtins.list[Job] | None:
-        """PostgreSQL, one statement: lock the candidates, claim them all unless one has a
-        concurrency limit, return them in claim order. ``None``: a limited candidate."""
-        cand = self._candidates(limit, executors, now).cte("cand")
+    def _claim_fast_statement(self, by_executor: bool) -> Any:
+        cand = self._candidates(by_executor).cte("cand")
         limited = (
             sa.select(sa.literal(1)).select_from(cand).where(cand.c.concurrency_limit.isnot(None))
         )
@@ -484,39 +535,95 @@ class JobQueue:
                 _status_is(J.c.status, JobStatus.QUEUED),
                 ~limited.exists(),
             )
-            .values(**self._claim_values(worker_id, now))
+            .values(**self._claim_values())
             .returning(*J.c)
             .cte("claimed")
         )
-        rows = c.execute(
+        return (
             sa.select(*claimed.c)
             .select_from(cand.outerjoin(claimed, claimed.c.id == cand.c.id))
             .order_by(*_claim_order(cand))
-        ).all()
+        )
+
+    def _claim_fast(
+        self, by_executor: bool, params: dict[str, Any], c: sa.Connection
+    ) -> builtins.list[Job] | None:
+        """PostgreSQL, one statement: lock the candidates, claim them all unless one has a
+        concurrency limit, return them in claim order. ``None``: a limited candidate."""
+        statement = self._statement(
+            ("claim fast", by_executor), lambda: self._claim_fast_statement(by_executor)
+        )
+        rows = c.execute(statement, params).all()
         if any(row.id is None for row in rows):
             return None
         return [_job(row) for row in rows]
 
-    def _claim_careful(
-        self,
-        worker_id: str,
-        limit: int,
-        executors: builtins.list[str] | None,
-        now: datetime,
-        c: sa.Connection,
+    def _claim_sqlite(
+        self, by_executor: bool, params: dict[str, Any], c: sa.Connection
     ) -> builtins.list[Job]:
-        candidates = c.execute(self._candidates(limit, executors, now)).all()
+        """SQLite: the fast statement (no concurrency-limited candidate) and, when it claimed
+        nothing, the careful path, in one transaction. The writer lock makes both exact."""
+        statement = self._statement(
+            ("claim sqlite", by_executor), lambda: self._claim_sqlite_statement(by_executor)
+        )
+        jobs = [_job(row) for row in c.execute(statement, params)]
+        if not jobs:
+            return self._claim_careful(by_executor, params, c)
+        # RETURNING has no order: sort as the claim does (SQLite compares ids and timestamps,
+        # stored as text of one format, as Python compares them)
+        jobs.sort(
+            key=lambda j: (
+                -j.priority,
+                j.run_after,
+                j.created_at,
+                j.fire_time is None,
+                j.fire_time or j.created_at,
+                j.id,
+            )
+        )
+        return jobs
+
+    def _claim_sqlite_statement(self, by_executor: bool) -> Any:
+        cand = self._candidates(by_executor).cte("cand")
+        limited = (
+            sa.select(sa.literal(1)).select_from(cand).where(cand.c.concurrency_limit.isnot(None))
+        )
+        return (
+            sa.update(J)
+            .where(
+                J.c.id.in_(sa.select(cand.c.id)),
+                _status_is(J.c.status, JobStatus.QUEUED),
+                ~limited.exists(),
+            )
+            .values(**self._claim_values())
+            .returning(*J.c)
+        )
+
+    def _claim_careful(
+        self, by_executor: bool, params: dict[str, Any], c: sa.Connection
+    ) -> builtins.list[Job]:
+        candidates_query = self._statement(
+            ("candidates", by_executor), lambda: self._candidates(by_executor)
+        )
+        candidates = c.execute(candidates_query, params).all()
         if not candidates:
             return []
         chosen = self._respect_concurrency(c, candidates)
         if not chosen:
             return []
-        rows = c.execute(
-            sa.update(J)
-            .where(J.c.id.in_(chosen), _status_is(J.c.status, JobStatus.QUEUED))
-            .values(**self._claim_values(worker_id, now))
-            .returning(*J.c)
-        ).all()
+        update = self._statement(
+            "claim",
+            lambda: (
+                sa.update(J)
+                .where(
+                    J.c.id.in_(sa.bindparam("p_ids", expanding=True)),
+                    _status_is(J.c.status, JobStatus.QUEUED),
+                )
+                .values(**self._claim_values())
+                .returning(*J.c)
+            ),
+        )
+        rows = c.execute(update, {**params, "p_ids": chosen}).all()
         order = {job_id: i for i, job_id in enumerate(chosen)}
         return sorted((_job(row) for row in rows), key=lambda j: order[j.id])
 
@@ -531,17 +638,25 @@ class JobQueue:
             # sees every claim committed before the lock was ours). All claimers lock in the
             # order of the lock ids, so two that share keys cannot deadlock.
             locks = sorted({zlib.crc32(key.encode()) - 2**31 for key in keys})
-            c.execute(
-                sa.text("SELECT pg_advisory_xact_lock(k) FROM unnest(:keys) AS k").bindparams(
-                    sa.bindparam("keys", locks, type_=postgresql.ARRAY(sa.BigInteger))
-                )
+            lock = self._statement(
+                "lock keys",
+                lambda: sa.text(
+                    "SELECT pg_advisory_xact_lock(k) FROM unnest(:p_locks) AS k"
+                ).bindparams(_array("p_locks", sa.BigInteger)),
             )
-        rows = c.execute(
-            sa.select(J.c.concurrency_key, sa.func.count())
-            .where(J.c.concurrency_key.in_(keys), _status_is(J.c.status, JobStatus.RUNNING))
-            .group_by(J.c.concurrency_key)
+            c.execute(lock, {"p_locks": locks})
+        count = self._statement(
+            "running per key",
+            lambda: (
+                sa.select(J.c.concurrency_key, sa.func.count())
+                .where(
+                    J.c.concurrency_key.in_(sa.bindparam("p_keys", expanding=True)),
+                    _status_is(J.c.status, JobStatus.RUNNING),
+                )
+                .group_by(J.c.concurrency_key)
+            ),
         )
-        counts: dict[str, int] = {key: n for key, n in rows.all()}
+        counts: dict[str, int] = {key: n for key, n in c.execute(count, {"p_keys": keys}).all()}
         chosen = []
         for cand in candidates:
             if cand.concurrency_limit is None:
@@ -552,19 +667,19 @@ class JobQueue:
         return chosen
 
     async def heartbeat(self, job_id: str, lease_id: str) -> Heartbeat:
-        now = self.clock.now()
+        params = {"p_job_id": job_id, "p_lease_id": lease_id, "p_now": self.clock.now()}
+        params.update(self._lease_params())
 
         def beat(c: sa.Connection) -> Any:
-            return c.execute(
-                sa.update(J)
-                .where(
-                    J.c.id == job_id,
-                    J.c.lease_id == lease_id,
-                    _status_is(J.c.status, JobStatus.RUNNING),
-                )
-                .values(heartbeat_at=now, lease_expires=self._lease_time(self.lease_seconds))
-                .returning(J.c.cancel_requested)
-            ).first()
+            statement = self._statement(
+                "heartbeat",
+                lambda: (
+                    _fenced_update()
+                    .values(heartbeat_at=_NOW(), lease_expires=self._lease_end())
+                    .returning(J.c.cancel_requested)
+                ),
+            )
+            return c.execute(statement, params).first()
 
         row = await self._run(beat, one_statement=True)
         if row is None:
@@ -574,21 +689,19 @@ class JobQueue:
     # -- results ------------------------------------------------------------------------
 
     async def set_output(self, job_id: str, lease_id: str, output: Any) -> bool:
-        return await self._set_running_field(job_id, lease_id, output=output)
+        return await self._set_running_field(job_id, lease_id, "output", output)
 
     async def set_condition(self, job_id: str, lease_id: str, condition: bool) -> bool:
-        return await self._set_running_field(job_id, lease_id, condition=bool(condition))
+        return await self._set_running_field(job_id, lease_id, "condition", bool(condition))
 
-    async def _set_running_field(self, job_id: str, lease_id: str, **values: Any) -> bool:
+    async def _set_running_field(self, job_id: str, lease_id: str, name: str, value: Any) -> bool:
         def write(c: sa.Connection) -> bool:
+            statement = self._statement(
+                ("set", name),
+                lambda: _fenced_update().values({name: _param("p_value", J.c[name].type)}),
+            )
             result = c.execute(
-                sa.update(J)
-                .where(
-                    J.c.id == job_id,
-                    J.c.lease_id == lease_id,
-                    _status_is(J.c.status, JobStatus.RUNNING),
-                )
-                .values(**values)
+                statement, {"p_job_id": job_id, "p_lease_id": lease_id, "p_value": value}
             )
             return bool(result.rowcount)
 
@@ -633,11 +746,7 @@ class JobQueue:
         if not items:
             return []
         now = self.clock.now()
-        seen: set[str] = set()
-        repeated = False
-        for item in items:
-            repeated = repeated or item.job_id in seen
-            seen.add(item.job_id)
+        repeated = len({item.job_id for item in items}) < len(items)
         fn = functools.partial(self._finish_batch, items, now)
         # a job named twice is finished in turn after the batch statement: more than one write
         return await self._run(fn, conn, one_statement=not repeated)
@@ -645,20 +754,29 @@ class JobQueue:
     def _finish_batch(
         self, items: builtins.list[FinishItem], now: datetime, c: sa.Connection
     ) -> builtins.list[FinishResult | None]:
-        if not self.store.is_postgres:
-            # statements are cheap in-process; what costs on SQLite is the trip to the thread
-            return [self._finish_one(item, now, True, c) for item in items]
+        """One statement for the first mention of each job (on SQLite: each that cannot be
+        retried; SQLite decides a retry in Python, one job at a time), then the rest in turn."""
+        pg = self.store.is_postgres
         first: dict[str, int] = {}
         for i, item in enumerate(items):
             first.setdefault(item.job_id, i)
-        batch = [items[i] for i in first.values()]
-        done = {
-            row.id: row for row in c.execute(self._pg_finish_many(batch, now)).all()
-        }
+        bulk = [i for i in first.values() if pg or JobStatus(items[i].status) not in RETRYABLE]
+        done: dict[str, Any] = {}
+        if bulk:
+            batch = [items[i] for i in bulk]
+            if pg:
+                statement = self._statement("finish many", self._pg_finish_many)
+                params = _pg_finish_many_params(batch, now)
+            else:
+                statement = self._statement("finish many", self._sqlite_finish_many)
+                params = {"p_now": now, "p_batch": _sqlite_finish_many_batch(batch)}
+            done = {row.id: row for row in c.execute(statement, params).all()}
+        in_bulk = set(bulk)
         results: builtins.list[FinishResult | None] = []
         for i, item in enumerate(items):
-            if first[item.job_id] != i:
-                # named again: as if finished after the first, which has taken effect
+            if i not in in_bulk:
+                # a retryable end on SQLite, or a job named again (as if finished after its
+                # first mention, which has taken effect)
                 results.append(self._finish_one(item, now, True, c))
             elif (row := done.get(item.job_id)) is None:
                 results.append(None)
@@ -667,17 +785,47 @@ class JobQueue:
                 results.append(FinishResult(job=job, retrying=job.status is JobStatus.QUEUED))
         return results
 
-    def _pg_finish_many(self, items: builtins.list[FinishItem], now: datetime) -> Any:
+    def _sqlite_finish_many(self) -> Any:
+        """SQLite: ``UPDATE … FROM json_each(:batch)``, one row per attempt, each a JSON array
+        (SQLite has no arrays to bind); final statuses only."""
+        each = sa.func.json_each(_param("p_batch", sa.String)).table_valued("value")
+        fields = ("id", "lease_id", "status", "exit_code", "error", "has_output", "output")
+        v = sa.select(
+            *(sa.func.json_extract(each.c.value, f"$[{n}]").label(f) for n, f in enumerate(fields)),
+            sa.func.json_extract(each.c.value, f"$[{len(fields)}]").label("condition"),
+        ).subquery("v")
+        return (
+            sa.update(J)
+            .where(
+                J.c.id == v.c.id,
+                J.c.lease_id == v.c.lease_id,
+                _status_is(J.c.status, JobStatus.RUNNING),
+            )
+            .values(
+                exit_code=v.c.exit_code,
+                error=v.c.error,
+                # the output travels as JSON text, which is how the column stores it
+                output=sa.case((v.c.has_output != 0, v.c.output), else_=J.c.output),
+                condition=sa.func.coalesce(v.c.condition, J.c.condition),
+                status=v.c.status,
+                finished_at=_NOW(),
+                lease_expires=None,
+                lease_id=None,
+            )
+            .returning(*J.c)
+        )
+
+    def _pg_finish_many(self) -> Any:
         v = (
             sa.func.unnest(
-                _array([i.job_id for i in items], sa.String),
-                _array([i.lease_id for i in items], sa.String),
-                _array([JobStatus(i.status).value for i in items], sa.String),
-                _array([i.exit_code for i in items], sa.Integer),
-                _array([i.error for i in items], sa.Text),
-                _array([i.output is not UNSET for i in items], sa.Boolean),
-                _array([None if i.output is UNSET else json.dumps(i.output) for i in items], sa.Text),
-                _array([i.condition for i in items], sa.Boolean),
+                _array("f_ids", sa.String),
+                _array("f_leases", sa.String),
+                _array("f_statuses", sa.String),
+                _array("f_exit_codes", sa.Integer),
+                _array("f_errors", sa.Text),
+                _array("f_has_outputs", sa.Boolean),
+                _array("f_outputs", sa.Text),
+                _array("f_conditions", sa.Boolean),
             )
             .table_valued(
                 sa.column("id", sa.String),
@@ -710,53 +858,27 @@ class JobQueue:
                     (v.c.has_output, sa.cast(v.c.output, postgresql.JSONB)), else_=J.c.output
                 ),
                 condition=sa.func.coalesce(v.c.condition, J.c.condition),
-                **self._pg_end_values(retry, v.c.status, now),
+                **_pg_end_values(retry, v.c.status),
             )
             .returning(*J.c)
         )
-
-    def _pg_end_values(self, retry: Any, status: Any, now: datetime) -> dict[str, Any]:
-        """The columns an attempt's end sets, the retry decision made by the row (``CASE``):
-        the backoff is ``min(backoff_max, backoff_base · 2^(attempt-1))`` seconds, rounded to
-        the microsecond as Python's ``timedelta`` does (as the reaper and SQLite compute it)."""
-        at = sa.literal(now, schema.UTCDateTime())
-        delay = sa.func.least(
-            J.c.backoff_max,
-            J.c.backoff_base
-            * sa.func.power(sa.literal(2.0, sa.Float), sa.func.greatest(0, J.c.attempt - 1)),
-        )
-        # as timedelta(seconds=delay): whole seconds exactly, the fraction rounded half-even
-        whole = sa.func.trunc(delay)
-        micros = whole * 1_000_000 + sa.func.round((delay - whole) * 1_000_000)
-        retry_at = at + micros * sa.literal_column("interval '1 microsecond'", sa.Interval)
-        return {
-            "status": sa.case((retry, JobStatus.QUEUED.value), else_=status),
-            "run_after": sa.case((retry, retry_at), else_=J.c.run_after),
-            "finished_at": sa.case((retry, J.c.finished_at), else_=at),
-            "lease_owner": sa.case((retry, sa.null()), else_=J.c.lease_owner),
-            "lease_id": None,
-            "lease_expires": None,
-        }
 
     def _finish_one(
         self, item: FinishItem, now: datetime, missing_ok: bool, c: sa.Connection
     ) -> FinishResult | None:
         status = JobStatus(item.status)
-        values: dict[str, Any] = {"exit_code": item.exit_code, "error": item.error}
-        if item.output is not UNSET:
-            values["output"] = item.output
-        if item.condition is not None:
-            values["condition"] = item.condition
+        has_output, has_condition = item.output is not UNSET, item.condition is not None
         if status not in RETRYABLE:
-            values.update(
-                status=status.value, finished_at=now, lease_expires=None, lease_id=None
-            )
+            how = "final"
         elif self.store.is_postgres:
-            retry = sa.and_(J.c.attempt < J.c.max_attempts, sa.not_(J.c.cancel_requested))
-            values.update(self._pg_end_values(retry, status.value, now))
+            how = "decided by the row"
         else:
-            return self._finish_reading_first(item, status, values, now, missing_ok, c)
-        row = c.execute(self._fenced_update(item).values(**values).returning(*J.c)).first()
+            return self._finish_reading_first(item, status, now, missing_ok, c)
+        statement = self._statement(
+            ("finish", how, has_output, has_condition),
+            lambda: _finish_statement(how, has_output, has_condition),
+        )
+        row = c.execute(statement, _finish_params(item, status, now)).first()
         if row is None:
             if not missing_ok and not self._exists(c, item.job_id):
                 raise JobNotFound(item.job_id)
@@ -765,18 +887,13 @@ class JobQueue:
         return FinishResult(job=job, retrying=job.status is JobStatus.QUEUED)
 
     def _finish_reading_first(
-        self,
-        item: FinishItem,
-        status: JobStatus,
-        values: dict[str, Any],
-        now: datetime,
-        missing_ok: bool,
-        c: sa.Connection,
+        self, item: FinishItem, status: JobStatus, now: datetime, missing_ok: bool, c: sa.Connection
     ) -> FinishResult | None:
         """A failure on SQLite: the retry decision in Python (SQLite's date arithmetic stops
         at milliseconds). The writer lock keeps the row as read."""
-        row = c.execute(
-            sa.select(
+        read = self._statement(
+            "finish read",
+            lambda: sa.select(
                 J.c.status,
                 J.c.lease_id,
                 J.c.attempt,
@@ -784,8 +901,9 @@ class JobQueue:
                 J.c.cancel_requested,
                 J.c.backoff_base,
                 J.c.backoff_max,
-            ).where(J.c.id == item.job_id)
-        ).first()
+            ).where(J.c.id == _param("p_job_id", sa.String)),
+        )
+        row = c.execute(read, {"p_job_id": item.job_id}).first()
         if row is None:
             if missing_ok:
                 return None
@@ -793,54 +911,42 @@ class JobQueue:
         if row.status != JobStatus.RUNNING.value or row.lease_id != item.lease_id:
             return None
         retry = row.attempt < row.max_attempts and not row.cancel_requested
+        how = "retry" if retry else "final"
+        has_output, has_condition = item.output is not UNSET, item.condition is not None
+        statement = self._statement(
+            ("finish", how, has_output, has_condition),
+            lambda: _finish_statement(how, has_output, has_condition),
+        )
+        params = _finish_params(item, status, now)
         if retry:
             delay = _backoff(row.backoff_base, row.backoff_max, row.attempt)
-            values.update(
-                status=JobStatus.QUEUED.value,
-                run_after=now + timedelta(seconds=delay),
-                lease_owner=None,
-                lease_id=None,
-                lease_expires=None,
-            )
-        else:
-            values.update(status=status.value, finished_at=now, lease_expires=None, lease_id=None)
-        updated = c.execute(self._fenced_update(item).values(**values).returning(*J.c)).one()
+            params["p_run_after"] = now + timedelta(seconds=delay)
+        updated = c.execute(statement, params).one()
         return FinishResult(job=_job(updated), retrying=retry)
 
-    @staticmethod
-    def _fenced_update(item: FinishItem) -> Any:
-        return sa.update(J).where(
-            J.c.id == item.job_id,
-            J.c.lease_id == item.lease_id,
-            _status_is(J.c.status, JobStatus.RUNNING),
+    def _exists(self, c: sa.Connection, job_id: str) -> bool:
+        exists = self._statement(
+            "exists", lambda: sa.select(J.c.id).where(J.c.id == _param("p_job_id", sa.String))
         )
-
-    @staticmethod
-    def _exists(c: sa.Connection, job_id: str) -> bool:
-        return c.execute(sa.select(J.c.id).where(J.c.id == job_id)).first() is not None
+        return c.execute(exists, {"p_job_id": job_id}).first() is not None
 
     async def release(self, job_id: str, lease_id: str) -> bool:
         """Give a running attempt back without counting it (the worker is shutting down)."""
-        now = self.clock.now()
+        params = {"p_job_id": job_id, "p_lease_id": lease_id, "p_now": self.clock.now()}
 
         def give_back(c: sa.Connection) -> bool:
-            result = c.execute(
-                sa.update(J)
-                .where(
-                    J.c.id == job_id,
-                    J.c.lease_id == lease_id,
-                    _status_is(J.c.status, JobStatus.RUNNING),
-                )
-                .values(
+            statement = self._statement(
+                "release",
+                lambda: _fenced_update().values(
                     status=JobStatus.QUEUED.value,
                     attempt=J.c.attempt - 1,
                     lease_owner=None,
                     lease_id=None,
                     lease_expires=None,
-                    run_after=now,
-                )
+                    run_after=_NOW(),
+                ),
             )
-            return bool(result.rowcount)
+            return bool(c.execute(statement, params).rowcount)
 
         return await self._run(give_back, one_statement=True)
 
@@ -1054,11 +1160,216 @@ class JobQueue:
         ]
 
 
-def _enqueue_item(item: EnqueueItem | tuple[Event, Mapping[str, Any]]) -> EnqueueItem:
-    if isinstance(item, EnqueueItem):
-        return item
-    event, kwargs = item
-    return EnqueueItem(event=event, **kwargs)
+def _fenced_update() -> Any:
+    """An update of a running attempt, fenced on its lease (parameters p_job_id, p_lease_id)."""
+    return sa.update(J).where(
+        J.c.id == _param("p_job_id", sa.String),
+        J.c.lease_id == _param("p_lease_id", sa.String),
+        _status_is(J.c.status, JobStatus.RUNNING),
+    )
+
+
+def _pg_end_values(retry: Any, status: Any) -> dict[str, Any]:
+    """The columns an attempt's end sets on PostgreSQL, the retry decision made by the row
+    (``CASE``): the backoff is ``min(backoff_max, backoff_base · 2^(attempt-1))`` seconds,
+    rounded to the microsecond as Python's ``timedelta`` does (as the reaper computes it)."""
+    delay = sa.func.least(
+        J.c.backoff_max,
+        J.c.backoff_base
+        * sa.func.power(sa.literal(2.0, sa.Float), sa.func.greatest(0, J.c.attempt - 1)),
+    )
+    # whole seconds exactly, the fraction rounded half-even, as timedelta(seconds=delay)
+    whole = sa.func.trunc(delay)
+    micros = whole * 1_000_000 + sa.func.round((delay - whole) * 1_000_000)
+    retry_at = _NOW() + micros * sa.literal_column("interval '1 microsecond'", sa.Interval)
+    return {
+        "status": sa.case((retry, JobStatus.QUEUED.value), else_=status),
+        "run_after": sa.case((retry, retry_at), else_=J.c.run_after),
+        "finished_at": sa.case((retry, J.c.finished_at), else_=_NOW()),
+        "lease_owner": sa.case((retry, sa.null()), else_=J.c.lease_owner),
+        "lease_id": None,
+        "lease_expires": None,
+    }
+
+
+def _finish_statement(how: str, has_output: bool, has_condition: bool) -> Any:
+    """The fenced update that ends an attempt: ``final`` (the status given), ``retry`` (back
+    to the queue at p_run_after) or ``decided by the row`` (PostgreSQL, :func:`_pg_end_values`)."""
+    values: dict[str, Any] = {
+        "exit_code": _param("p_exit_code", sa.Integer),
+        "error": _param("p_error", sa.Text),
+    }
+    if has_output:
+        values["output"] = _param("p_output", J.c.output.type)
+    if has_condition:
+        values["condition"] = _param("p_condition", sa.Boolean)
+    if how == "final":
+        values.update(
+            status=_param("p_status", sa.String),
+            finished_at=_NOW(),
+            lease_expires=None,
+            lease_id=None,
+        )
+    elif how == "retry":
+        values.update(
+            status=JobStatus.QUEUED.value,
+            run_after=_param("p_run_after", schema.UTCDateTime()),
+            lease_owner=None,
+            lease_id=None,
+            lease_expires=None,
+        )
+    else:
+        retry = sa.and_(J.c.attempt < J.c.max_attempts, sa.not_(J.c.cancel_requested))
+        values.update(_pg_end_values(retry, _param("p_status", sa.String)))
+    return _fenced_update().values(**values).returning(*J.c)
+
+
+def _finish_params(item: FinishItem, status: JobStatus, now: datetime) -> dict[str, Any]:
+    params = {
+        "p_job_id": item.job_id,
+        "p_lease_id": item.lease_id,
+        "p_status": status.value,
+        "p_now": now,
+        "p_exit_code": item.exit_code,
+        "p_error": item.error,
+    }
+    if item.output is not UNSET:
+        params["p_output"] = item.output
+    if item.condition is not None:
+        params["p_condition"] = item.condition
+    return params
+
+
+def _pg_finish_many_params(batch: builtins.list[FinishItem], now: datetime) -> dict[str, Any]:
+    return {
+        "p_now": now,
+        "f_ids": [i.job_id for i in batch],
+        "f_leases": [i.lease_id for i in batch],
+        "f_statuses": [JobStatus(i.status).value for i in batch],
+        "f_exit_codes": [i.exit_code for i in batch],
+        "f_errors": [i.error for i in batch],
+        "f_has_outputs": [i.output is not UNSET for i in batch],
+        "f_outputs": [None if i.output is UNSET else json.dumps(i.output) for i in batch],
+        "f_conditions": [i.condition for i in batch],
+    }
+
+
+def _sqlite_finish_many_batch(batch: builtins.list[FinishItem]) -> str:
+    return json.dumps(
+        [
+            [
+                i.job_id,
+                i.lease_id,
+                JobStatus(i.status).value,
+                i.exit_code,
+                i.error,
+                i.output is not UNSET,
+                None if i.output is UNSET else json.dumps(i.output),
+                i.condition,
+            ]
+            for i in batch
+        ]
+    )
+
+
+def _sqlite_insert_sql(keyed: bool) -> tuple[str, builtins.list[str]]:
+    """SQLite's enqueue as the driver's SQL, and the order of its parameters."""
+    insert = sqlite_dialect.insert(J)
+    if keyed:
+        insert = insert.on_conflict_do_nothing(index_elements=["idempotency_key"])
+    compiled = insert.compile(
+        dialect=sqlite_dialect.dialect(), column_keys=[name for name, _ in _INSERTED]
+    )
+    assert compiled.positiontup is not None
+    return compiled.string, builtins.list(compiled.positiontup)
+
+
+def _pg_insert_statement(shared: set[str], keyed: bool) -> Any:
+    """PostgreSQL's enqueue: ``INSERT … SELECT FROM unnest(e_col, …)`` with the ``shared``
+    columns as scalar parameters (a single row: all of them, and no unnest)."""
+    arrays = [(name, type_) for name, type_ in _INSERTED if name not in shared]
+    v = None
+    if arrays:
+        v = (
+            sa.func.unnest(*(_array(f"e_{name}", type_) for name, type_ in arrays))
+            .table_valued(*(sa.column(name, type_) for name, type_ in arrays))
+            .render_derived(name="v")
+        )
+    columns = []
+    for name, type_ in _INSERTED:
+        column = _param(f"e_{name}", type_) if name in shared or v is None else v.c[name]
+        columns.append(sa.cast(column, postgresql.JSONB) if name == "input" else column)
+    select = sa.select(*columns)
+    if v is not None:
+        select = select.select_from(v)
+    insert = postgresql.insert(J).from_select([name for name, _ in _INSERTED], select)
+    if keyed:
+        return insert.on_conflict_do_nothing(index_elements=["idempotency_key"]).returning(J.c.id)
+    return insert
+
+
+def _event_values(event: Event) -> dict[str, Any]:
+    if not event.id:
+        raise ValidationError("event", "must be stored before it can run")
+    limit = event.concurrency_limit
+    return {
+        "event_id": event.id,
+        "status": JobStatus.QUEUED.value,
+        "priority": event.priority,
+        "max_attempts": event.retry.max_attempts,
+        "backoff_base": event.retry.backoff_base,
+        "backoff_max": event.retry.backoff_max,
+        "timeout": event.timeout,
+        "executor": event.executor,
+        "concurrency_key": event.id if limit is not None else None,
+        "concurrency_limit": limit,
+    }
+
+
+_ENQUEUE_OPTIONS = frozenset(
+    {
+        "input",
+        "trigger",
+        "priority",
+        "run_after",
+        "idempotency_key",
+        "fire_time",
+        "backfilled",
+        "workflow_run_id",
+        "node_id",
+    }
+)
+
+
+def _job_values(
+    job_id: str, common: dict[str, Any], options: Mapping[str, Any], now: datetime, nth: int
+) -> dict[str, Any]:
+    unknown = options.keys() - _ENQUEUE_OPTIONS
+    if unknown:
+        raise TypeError(f"enqueue() got unexpected keyword arguments {sorted(unknown)}")
+    get = options.get
+    key = get("idempotency_key")
+    if key is not None and not 1 <= len(key) <= 200:
+        raise ValidationError("idempotency_key", "must be 1-200 characters")
+    data = get("input")
+    priority = get("priority")
+    trigger = get("trigger")
+    return {
+        **common,
+        "id": job_id,
+        "trigger": Trigger.MANUAL.value if trigger is None else Trigger(trigger).value,
+        "input": data if data is not None else {},
+        "priority": common["priority"] if priority is None else priority,
+        "run_after": get("run_after") or now,
+        # a microsecond apart, so that a batch is claimed in its order (as a loop of enqueue()
+        # calls would be), not in the order of its random ids
+        "created_at": now + timedelta(microseconds=nth),
+        "fire_time": get("fire_time"),
+        "backfilled": bool(get("backfilled", False)),
+        "workflow_run_id": get("workflow_run_id"),
+        "node_id": get("node_id"),
+        "idempotency_key": key,
+    }
 
 
 def _check_final(status: JobStatus) -> None:

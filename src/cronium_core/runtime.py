@@ -44,8 +44,10 @@ from .errors import (
 )
 from .events import Action, HttpRequest, Script, ToolAction
 from .jobs import Job, JobStatus
+from .masking import SecretMasker
 from .queue import JobQueue
 from .tokens import ExecutionTokens
+from .tools import ToolContext
 
 if TYPE_CHECKING:
     from .variables import VariableStore
@@ -237,6 +239,11 @@ class RuntimeService:
 
     async def set_output(self, job: Job, data: Any) -> None:
         check_json_value(data, "data")
+        if self.variables is not None:
+            # an output is shown like a log: the user's secrets do not appear in it (K4)
+            secrets = await self.variables.secret_values(await self._owner(job))
+            if secrets:
+                data = SecretMasker(secrets).mask_value(data)
         if not await self.queue.set_output(job.id, _lease(job), data):
             raise InvalidToken("attempt over (ended or re-claimed)")
 
@@ -285,7 +292,9 @@ class RuntimeService:
         """Run ``action`` of ``tool`` for the job's script; the registry's result."""
         if self.tools is None:
             raise FeatureUnavailable("tool actions arrive with the tool plugins")
-        return await self.tools.execute(tool, action, config, job=job)
+        event = await self.store.get_event(job.event_id)
+        context = ToolContext(job_id=job.id, event_id=event.id, owner=event.owner)
+        return await self.tools.execute(tool, action, config, context)
 
     async def context(self, job: Job) -> dict[str, Any]:
         """What ``cronium.event()`` returns: the event, this execution, its workflow run."""

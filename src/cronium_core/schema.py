@@ -39,14 +39,16 @@ class UTCDateTime(sa.TypeDecorator[datetime]):
             raise ValueError("naive datetime given to the store; use timezone-aware UTC")
         value = value.astimezone(UTC)
         if dialect.name == "sqlite":
-            return value.strftime("%Y-%m-%d %H:%M:%S.%f")
+            # "YYYY-MM-DD HH:MM:SS.ffffff" (isoformat is twice as fast as strftime)
+            return value.isoformat(" ", "microseconds")[:-6]
         return value
 
     def process_result_value(self, value: Any, dialect: sa.Dialect) -> datetime | None:
         if value is None:
             return None
         if isinstance(value, str):
-            return datetime.fromisoformat(value).replace(tzinfo=UTC)
+            # stored without an offset, in UTC (parsing it with one is faster than replace())
+            return datetime.fromisoformat(value + "+00:00")
         assert isinstance(value, datetime)
         return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
 

@@ -201,6 +201,12 @@ class ValkeyCache:
         exit_stack.push_async_callback(self._client.aclose)
 
     @property
+    def client(self) -> Any:
+        if self._client is None:
+            raise RuntimeError("ValkeyCache used before start() (VariableStore.start)")
+        return self._client
+
+    @property
     def errors(self) -> tuple[type[BaseException], ...]:
         """What a call may raise when Valkey is unreachable or unwell."""
         return self._errors
@@ -211,19 +217,19 @@ class ValkeyCache:
 
     async def version(self, owner: str, key: str) -> str:
         name = f"{self.prefix}:v:{self._ident(owner, key)}"
-        found = await self._client.get(name)
+        found = await self.client.get(name)
         if found is None:
             fresh = uuid.uuid4().hex
-            if await self._client.set(name, fresh, nx=True, ex=self.version_ttl):
+            if await self.client.set(name, fresh, nx=True, ex=self.version_ttl):
                 return fresh
-            found = await self._client.get(name)
+            found = await self.client.get(name)
             if found is None:  # expired in between: a version nobody else holds is safe
                 return fresh
         return bytes(found).decode()
 
     async def get(self, owner: str, key: str, version: str) -> tuple[bool, _Row | None]:
         """(found, row): found False when nothing is cached for this version."""
-        raw = await self._client.get(f"{self.prefix}:d:{self._ident(owner, key)}:{version}")
+        raw = await self.client.get(f"{self.prefix}:d:{self._ident(owner, key)}:{version}")
         if raw is None:
             return False, None
         data = json.loads(raw)
@@ -232,11 +238,11 @@ class ValkeyCache:
     async def put(self, owner: str, key: str, version: str, row: _Row | None) -> None:
         payload = json.dumps({"row": row.to_json() if row is not None else None})
         name = f"{self.prefix}:d:{self._ident(owner, key)}:{version}"
-        await self._client.set(name, payload, px=max(1, int(self.ttl * 1000)))
+        await self.client.set(name, payload, px=max(1, int(self.ttl * 1000)))
 
     async def bump(self, keys: Iterable[tuple[str, str]]) -> None:
         """Give each variable a new version: every cached row of it is dead."""
-        async with self._client.pipeline(transaction=False) as pipe:
+        async with self.client.pipeline(transaction=False) as pipe:
             for owner, key in keys:
                 name = f"{self.prefix}:v:{self._ident(owner, key)}"
                 pipe.set(name, uuid.uuid4().hex, ex=self.version_ttl)

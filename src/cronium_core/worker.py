@@ -16,7 +16,7 @@ import logging
 import os
 import socket
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -30,6 +30,7 @@ from .errors import EventNotFound
 from .events import Event
 from .executors import UNSET, ExecutionRequest, Executor, Outcome
 from .jobs import Job, JobStatus, Stream
+from .masking import LineMasker, SecretMasker
 from .queue import JobQueue
 
 __all__ = ["Worker"]
@@ -62,6 +63,8 @@ class Worker:
     reap_interval: float = 5.0
     #: extra env per job (the runtime API URL and the job's token); set by the runtime layer
     runtime_env: Callable[[Job], Mapping[str, str]] | None = None
+    #: the secret values of a user (owner -> values), masked out of logs, outputs and errors
+    secrets: Callable[[str], Awaitable[list[str]]] | None = None
     _running: dict[str, _Running] = attrs.field(init=False, factory=dict)
     _wake: anyio.Event = attrs.field(init=False, factory=anyio.Event)
     _stopping: bool = attrs.field(init=False, default=False)
@@ -161,14 +164,16 @@ class Worker:
         assert job.lease_id is not None
         lines: list[tuple[Stream, Any, str]] = []
         flush_lock = anyio.Lock()
+        masker = await self._masker(job)
+        line_masker = masker.lines()
 
         async def flush() -> None:
             # shielded: a batch taken from `lines` must reach the store even when the
             # flusher is cancelled mid-write at the job's end; one writer per job keeps
-            # sequence numbers in order
+            # sequence numbers in order (which the split-secret masking relies on too)
             with anyio.CancelScope(shield=True):
                 async with flush_lock:
-                    await self._flush(job, lines)
+                    await self._flush(job, lines, line_masker)
 
         try:
             async with anyio.create_task_group() as tg:
@@ -189,6 +194,10 @@ class Worker:
                 tg.cancel_scope.cancel()
             with anyio.CancelScope(shield=True):
                 await flush()
+                if error is not None:
+                    error = masker.mask(error)
+                if output is not UNSET:
+                    output = masker.mask_value(output)
                 await self._record(running, status, exit_code, error, output, condition)
         except Exception:
             # one job's bookkeeping failing (the database went away, ...) must not take the
@@ -279,11 +288,24 @@ class Worker:
                 running.scope.cancel()
                 return
 
-    async def _flush(self, job: Job, lines: list[tuple[Stream, Any, str]]) -> None:
+    async def _masker(self, job: Job) -> SecretMasker:
+        if self.secrets is None:
+            return SecretMasker([])
+        try:
+            owner = (await self.engine.store.get_event(job.event_id)).owner
+            return SecretMasker(await self.secrets(owner))
+        except EventNotFound:
+            return SecretMasker([])
+
+    async def _flush(
+        self, job: Job, lines: list[tuple[Stream, Any, str]], line_masker: LineMasker
+    ) -> None:
         if not lines:
             return
         batch = lines[:]
         del lines[: len(batch)]
+        texts = line_masker.mask_batch([(stream, text) for stream, _, text in batch])
+        batch = [(s, t, text) for (s, t, _), text in zip(batch, texts, strict=True)]
         try:
             stored = await self.queue.append_logs(job.id, job.attempt, batch)
         except Exception:

@@ -1,7 +1,13 @@
 // Types of the Cronium runtime helpers (CommonJS: `require('cronium')`).
 
 /** Any value that survives a trip through JSON. */
-export type JSONValue = string | number | boolean | null | JSONValue[] | { [key: string]: JSONValue };
+export type JSONValue =
+  | string
+  | number
+  | boolean
+  | null
+  | JSONValue[]
+  | { [key: string]: JSONValue };
 
 /** What `event()` resolves to. */
 export interface Context {
@@ -96,11 +102,24 @@ export declare class Client {
   setCondition(condition: boolean): Promise<void>;
   getCondition(): Promise<boolean>;
   event(): Promise<Context>;
-  executeToolAction<T = any>(tool: string, action: string, config?: Record<string, unknown>): Promise<T>;
+  executeToolAction<T = any>(
+    tool: string,
+    action: string,
+    config?: Record<string, unknown>,
+  ): Promise<T>;
   sendEmail<T = any>(config: EmailConfig): Promise<T>;
-  sendEmail<T = any>(to: string | string[], subject?: string, body?: string, extra?: Record<string, unknown>): Promise<T>;
+  sendEmail<T = any>(
+    to: string | string[],
+    subject?: string,
+    body?: string,
+    extra?: Record<string, unknown>,
+  ): Promise<T>;
   sendSlackMessage<T = any>(config: SlackConfig): Promise<T>;
-  sendSlackMessage<T = any>(message: string, channel?: string, extra?: Record<string, unknown>): Promise<T>;
+  sendSlackMessage<T = any>(
+    message: string,
+    channel?: string,
+    extra?: Record<string, unknown>,
+  ): Promise<T>;
   sendDiscordMessage<T = any>(config: DiscordConfig): Promise<T>;
   sendDiscordMessage<T = any>(message: string, extra?: Record<string, unknown>): Promise<T>;
 }
@@ -138,5 +157,8 @@ export declare function sendSlackMessage<T = any>(
   extra?: Record<string, unknown>,
 ): Promise<T>;
 export declare function sendDiscordMessage<T = any>(config: DiscordConfig): Promise<T>;
-export declare function sendDiscordMessage<T = any>(message: string, extra?: Record<string, unknown>): Promise<T>;
+export declare function sendDiscordMessage<T = any>(
+  message: string,
+  extra?: Record<string, unknown>,
+): Promise<T>;
 export declare const version: string;

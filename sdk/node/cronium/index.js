@@ -150,13 +150,15 @@ class Client {
       url = null;
     }
     if (!url || (url.protocol !== 'http:' && url.protocol !== 'https:') || !url.hostname) {
-      throw new CroniumError(`CRONIUM_RUNTIME_API is not an http(s) URL: ${JSON.stringify(baseUrl)}`);
+      const shown = JSON.stringify(baseUrl);
+      throw new CroniumError(`CRONIUM_RUNTIME_API is not an http(s) URL: ${shown}`);
     }
     this.#url = url;
   }
 
   [Symbol.for('nodejs.util.inspect.custom')]() {
-    return `Client { baseUrl: ${JSON.stringify(this.baseUrl)}, executionId: ${JSON.stringify(this.executionId)} }`;
+    const { baseUrl, executionId } = this;
+    return `Client { baseUrl: ${JSON.stringify(baseUrl)}, executionId: ${JSON.stringify(executionId)} }`;
   }
 
   toJSON() {
@@ -212,22 +214,28 @@ class Client {
    * Run an action of a tool plugin; resolves to the tool's result. Not retried once the
    * request may have been delivered (a message must not go out twice).
    */
-  executeToolAction(tool, action, config = {}) {
-    const body = { tool, action, config: { ...(config || {}) } };
+  async executeToolAction(tool, action, config = {}) {
+    if (config !== null && config !== undefined && !isObject(config)) {
+      throw new TypeError('executeToolAction() takes its config as an object');
+    }
+    const body = { tool, action, config: { ...config } };
     return this.#call('POST', '/tool-actions/execute', body, false);
   }
 
   /** Send an email; `to` may also be the whole config as one object. */
   sendEmail(to, subject, body, extra) {
-    return this.executeToolAction(EMAIL_TOOL, SEND_ACTION, toolConfig(to, 'to', { subject, body, ...extra }));
+    const config = toolConfig(to, 'to', { subject, body, ...extra });
+    return this.executeToolAction(EMAIL_TOOL, SEND_ACTION, config);
   }
 
   sendSlackMessage(message, channel, extra) {
-    return this.executeToolAction(SLACK_TOOL, SEND_ACTION, toolConfig(message, 'message', { channel, ...extra }));
+    const config = toolConfig(message, 'message', { channel, ...extra });
+    return this.executeToolAction(SLACK_TOOL, SEND_ACTION, config);
   }
 
   sendDiscordMessage(message, extra) {
-    return this.executeToolAction(DISCORD_TOOL, SEND_ACTION, toolConfig(message, 'message', { ...extra }));
+    const config = toolConfig(message, 'message', { ...extra });
+    return this.executeToolAction(DISCORD_TOOL, SEND_ACTION, config);
   }
 
   // -- HTTP ---------------------------------------------------------------------------
@@ -315,7 +323,8 @@ class Client {
 
   #timeoutError(idempotent) {
     const error = new CroniumTimeoutError(
-      `the Cronium runtime API at ${this.baseUrl} did not answer within ${this.timeout / 1000} s (${this.#tries()})`,
+      `the Cronium runtime API at ${this.baseUrl} did not answer ` +
+        `within ${this.timeout / 1000} s (${this.#tries()})`,
     );
     return idempotent ? new Retry(error) : error;
   }
@@ -324,12 +333,13 @@ class Client {
     const code = (err && err.code) || (err && err.name) || 'Error';
     const detail = this.#scrub(String((err && err.message) || err));
     const error = new CroniumError(
-      `cannot reach the Cronium runtime API at ${this.baseUrl} (${this.#tries()}): ${code}: ${detail}`,
+      `cannot reach the Cronium runtime API at ${this.baseUrl} (${this.#tries()}): ` +
+        `${code}: ${detail}`,
     );
     error.code = code;
     // refused: nothing was delivered, so even a tool action may go again
-    if (code === 'ECONNREFUSED' || (idempotent && CONNECTION_ERRORS.has(code))) return new Retry(error);
-    return error;
+    const retry = code === 'ECONNREFUSED' || (idempotent && CONNECTION_ERRORS.has(code));
+    return retry ? new Retry(error) : error;
   }
 
   #unwrap(status, raw, idempotent) {
