@@ -164,6 +164,7 @@ class Cronium:
                     poll_interval=self._poll_interval,
                     reap_interval=self._reap_interval,
                     secrets=self.variables.secret_values,
+                    live=self.runtime.live if self.runtime_url else None,
                     runtime_env=runtime_env(self.runtime_url, self.tokens)
                     if self.runtime_url
                     else None,

@@ -43,6 +43,7 @@ from .errors import (
     ValidationError,
 )
 from .events import Action, HttpRequest, Script, ToolAction
+from .executors import UNSET
 from .jobs import Job, JobStatus
 from .masking import SecretMasker
 from .queue import JobQueue
@@ -189,6 +190,43 @@ def _iso(value: Any) -> str | None:
 
 
 @attrs.define(eq=False)
+class LiveAttempt:
+    """An attempt run by a worker of this process, as the runtime API sees it."""
+
+    job: Job
+    owner: str
+    secrets: list[str] = attrs.field(factory=list, repr=False)
+    output: Any = UNSET
+    condition: bool | None = None
+
+
+class LiveAttempts:
+    """The attempts this process's worker is running. For them the runtime API answers from
+    memory — no database round trip per call — and the worker records the output and the
+    condition with the job's result, in its one fenced write. A script served by another
+    process (a sidecar for container or SSH jobs) goes through the database as before.
+    Revocation is unchanged: the worker closes an attempt before recording its end, and from
+    then on the token is checked against the database, where the lease is gone."""
+
+    def __init__(self) -> None:
+        self._by_job: dict[str, LiveAttempt] = {}
+
+    def open(self, job: Job, owner: str, secrets: list[str]) -> LiveAttempt:
+        attempt = LiveAttempt(job=job, owner=owner, secrets=secrets)
+        self._by_job[job.id] = attempt
+        return attempt
+
+    def close(self, job_id: str) -> LiveAttempt | None:
+        return self._by_job.pop(job_id, None)
+
+    def get(self, job_id: str, lease_id: str) -> LiveAttempt | None:
+        attempt = self._by_job.get(job_id)
+        if attempt is None or attempt.job.lease_id != lease_id:
+            return None
+        return attempt
+
+
+@attrs.define(eq=False)
 class RuntimeService:
     """What a running script may read and write about its own execution."""
 
@@ -201,6 +239,8 @@ class RuntimeService:
     variables: VariableStore | None = attrs.field(default=None, kw_only=True)
     #: a ``cronium_core.tools.ToolRegistry``; ``None``: tool actions answer 501
     tools: Any | None = attrs.field(default=None, kw_only=True)
+    #: attempts run in this process (answered from memory); see :class:`LiveAttempts`
+    live: LiveAttempts = attrs.field(factory=LiveAttempts, kw_only=True)
 
     async def authorize(self, token: str | None, execution_id: str | None = None) -> Job:
         """The running job the token may act on. ``execution_id`` is the one named by the
@@ -224,6 +264,9 @@ class RuntimeService:
                 raise RateLimited(wait)
         if execution_id is not None and claims.execution_id != execution_id:
             raise ExecutionForbidden()
+        live = self.live.get(claims.execution_id, claims.lease_id)
+        if live is not None:
+            return live.job
         try:
             job = await self.queue.get(claims.execution_id)
         except JobNotFound:
@@ -239,6 +282,10 @@ class RuntimeService:
 
     async def set_output(self, job: Job, data: Any) -> None:
         check_json_value(data, "data")
+        live = self.live.get(job.id, _lease(job))
+        if live is not None:
+            live.output = SecretMasker(live.secrets).mask_value(data) if live.secrets else data
+            return
         if self.variables is not None:
             # an output is shown like a log: the user's secrets do not appear in it (K4)
             secrets = await self.variables.secret_values(await self._owner(job))
@@ -248,11 +295,18 @@ class RuntimeService:
             raise InvalidToken("attempt over (ended or re-claimed)")
 
     async def get_condition(self, job: Job) -> bool:
+        live = self.live.get(job.id, _lease(job))
+        if live is not None and live.condition is not None:
+            return bool(live.condition)
         return bool(job.condition)
 
     async def set_condition(self, job: Job, condition: bool) -> None:
         if not isinstance(condition, bool):
             raise ValidationError("condition", "must be true or false")
+        live = self.live.get(job.id, _lease(job))
+        if live is not None:
+            live.condition = condition
+            return
         if not await self.queue.set_condition(job.id, _lease(job), condition):
             raise InvalidToken("attempt over (ended or re-claimed)")
 

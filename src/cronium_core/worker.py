@@ -32,6 +32,7 @@ from .executors import UNSET, ExecutionRequest, Executor, Outcome
 from .jobs import Job, JobStatus, Stream
 from .masking import LineMasker, SecretMasker
 from .queue import JobQueue
+from .runtime import LiveAttempts
 
 __all__ = ["Worker"]
 
@@ -65,6 +66,8 @@ class Worker:
     runtime_env: Callable[[Job], Mapping[str, str]] | None = None
     #: the secret values of a user (owner -> values), masked out of logs, outputs and errors
     secrets: Callable[[str], Awaitable[list[str]]] | None = None
+    #: the runtime API's view of the attempts running here (answered from memory)
+    live: LiveAttempts | None = None
     _running: dict[str, _Running] = attrs.field(init=False, factory=dict)
     _wake: anyio.Event = attrs.field(init=False, factory=anyio.Event)
     _stopping: bool = attrs.field(init=False, default=False)
@@ -164,8 +167,11 @@ class Worker:
         assert job.lease_id is not None
         lines: list[tuple[Stream, Any, str]] = []
         flush_lock = anyio.Lock()
-        masker = await self._masker(job)
+        owner, secrets = await self._owner_and_secrets(job)
+        masker = SecretMasker(secrets)
         line_masker = masker.lines()
+        if self.live is not None:
+            self.live.open(job, owner, secrets)
 
         async def flush() -> None:
             # shielded: a batch taken from `lines` must reach the store even when the
@@ -194,6 +200,13 @@ class Worker:
                 tg.cancel_scope.cancel()
             with anyio.CancelScope(shield=True):
                 await flush()
+                attempt = self.live.close(job.id) if self.live is not None else None
+                if attempt is not None:
+                    # what the script reported through the runtime API (already masked)
+                    if attempt.output is not UNSET:
+                        output = attempt.output
+                    if attempt.condition is not None:
+                        condition = attempt.condition
                 if error is not None:
                     error = masker.mask(error)
                 if output is not UNSET:
@@ -204,6 +217,8 @@ class Worker:
             # worker down; the job's lease runs out and the reaper gives it another attempt
             log.exception("job %s: recording its run failed; its lease will expire", job.id)
         finally:
+            if self.live is not None:
+                self.live.close(job.id)
             self._running.pop(job.id, None)
             self._wake.set()
 
@@ -288,14 +303,12 @@ class Worker:
                 running.scope.cancel()
                 return
 
-    async def _masker(self, job: Job) -> SecretMasker:
-        if self.secrets is None:
-            return SecretMasker([])
+    async def _owner_and_secrets(self, job: Job) -> tuple[str, list[str]]:
         try:
             owner = (await self.engine.store.get_event(job.event_id)).owner
-            return SecretMasker(await self.secrets(owner))
         except EventNotFound:
-            return SecretMasker([])
+            return "", []
+        return owner, (await self.secrets(owner) if self.secrets is not None else [])
 
     async def _flush(
         self, job: Job, lines: list[tuple[Stream, Any, str]], line_masker: LineMasker
