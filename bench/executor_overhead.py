@@ -101,7 +101,7 @@ def main() -> None:
     runs = 20 if args.quick else args.runs
     info = machine_info()
     print(describe_machine(info))
-    payload = anyio.run(main_async, runs)
+    payload = anyio.run(main_async, runs, backend_options={"use_uvloop": True})
     path = write_results("executor_overhead", {"machine": info, **payload})
     print(f"results: {path}")
 

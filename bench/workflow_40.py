@@ -114,7 +114,9 @@ def main() -> None:
     args = parser.parse_args()
     info = machine_info()
     print(describe_machine(info))
-    payload = anyio.run(main_async, 2 if args.quick else args.repeat)
+    payload = anyio.run(
+        main_async, 2 if args.quick else args.repeat, backend_options={"use_uvloop": True}
+    )
     print(f"results: {write_results('workflow_40', {'machine': info, **payload})}")
 
 

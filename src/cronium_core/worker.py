@@ -167,11 +167,15 @@ class Worker:
         assert job.lease_id is not None
         lines: list[tuple[Stream, Any, str]] = []
         flush_lock = anyio.Lock()
-        owner, secrets = await self._owner_and_secrets(job)
+        try:
+            event: Event | None = await self.engine.store.get_event(job.event_id)
+        except EventNotFound:
+            event = None
+        secrets = await self.secrets(event.owner) if event and self.secrets else []
         masker = SecretMasker(secrets)
         line_masker = masker.lines()
         if self.live is not None:
-            self.live.open(job, owner, secrets)
+            self.live.open(job, event.owner if event else "", secrets)
 
         async def flush() -> None:
             # shielded: a batch taken from `lines` must reach the store even when the
@@ -196,7 +200,9 @@ class Worker:
                         await flush()
 
                 tg.start_soon(flusher, name=f"job {job.id} logs")
-                status, exit_code, error, output, condition = await self._execute(job, scope, emit)
+                status, exit_code, error, output, condition = await self._execute(
+                    job, event, scope, emit
+                )
                 tg.cancel_scope.cancel()
             with anyio.CancelScope(shield=True):
                 await flush()
@@ -223,12 +229,10 @@ class Worker:
             self._wake.set()
 
     async def _execute(
-        self, job: Job, scope: anyio.CancelScope, emit: Any
+        self, job: Job, event: Event | None, scope: anyio.CancelScope, emit: Any
     ) -> tuple[JobStatus, int | None, str | None, Any, bool | None]:
         running = self._running[job.id]
-        try:
-            event = await self.engine.store.get_event(job.event_id)
-        except EventNotFound:
+        if event is None:
             return JobStatus.FAILED, None, "the event was deleted", UNSET, None
         executor = self.executors.get(job.executor)
         if executor is None or not executor.can_run(event.action):
@@ -302,13 +306,6 @@ class Worker:
                 running.reason = running.reason or "cancelled"
                 running.scope.cancel()
                 return
-
-    async def _owner_and_secrets(self, job: Job) -> tuple[str, list[str]]:
-        try:
-            owner = (await self.engine.store.get_event(job.event_id)).owner
-        except EventNotFound:
-            return "", []
-        return owner, (await self.secrets(owner) if self.secrets is not None else [])
 
     async def _flush(
         self, job: Job, lines: list[tuple[Stream, Any, str]], line_masker: LineMasker
