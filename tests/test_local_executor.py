@@ -302,7 +302,7 @@ async def test_interpreter_found_on_the_jobs_path(executor: LocalExecutor, tmp_p
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     fake_node = bin_dir / "node"
-    fake_node.write_text('#!/bin/sh\necho "fake node runs $1"\n')
+    fake_node.write_text('#!/bin/bash\necho "fake node runs ${@: -1}"\n')
     fake_node.chmod(0o755)
     (bin_dir / "not-a-program").mkdir()  # skipped over, as by a shell
     env = {"PATH": f"{bin_dir / 'not-a-program'}:{bin_dir}:/usr/bin:/bin"}

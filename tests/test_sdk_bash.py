@@ -224,34 +224,6 @@ async def test_output_from_stdin_and_odd_values(rt: Runtime, tmp_path: Path) -> 
     assert stored.output == [1, 2.5, None, {"@": "x"}] and stored.condition is False
 
 
-@pytest.mark.xfail(strict=False, reason="variables endpoint pending")
-async def test_variables(rt: Runtime, tmp_path: Path) -> None:
-    job, token = await rt.running_job()
-    code, out, err = await run_bash(
-        """
-        set -euo pipefail
-        CRONIUM_SDK_BACKOFF=0.01  # 501 is retried: keep it quick while the endpoint is pending
-        k=sdk_bash_counter
-        echo "missing $(cronium_get_variable $k)"
-        cronium_variable_exists $k || echo "exists $?"
-        echo "incremented $(cronium_increment_variable $k) $(croniumIncrementVariable $k 2.5)"
-        cronium_variable_exists $k && echo "exists 0"
-        cronium_set_variable list '["a"]'
-        cronium_append_variable list '{"b": 1}'
-        echo "list $(cronium_get_variable list)"
-        cronium_delete_variable $k
-        echo "deleted $(cronium_get_variable $k)"
-        cronium_variable_exists $k || echo "exists $?"
-        """,
-        tmp_path, url=rt.url, token=token, execution_id=job.id,
-    )  # fmt: skip
-    assert code == 0, err
-    assert out.splitlines() == [
-        "missing null", "exists 1", "incremented 1 3.5", "exists 0",
-        'list ["a",{"b":1}]', "deleted null", "exists 1",
-    ]  # fmt: skip
-
-
 async def test_revoked_token_is_an_error_without_the_token(rt: Runtime, tmp_path: Path) -> None:
     job, token = await rt.running_job()
     assert job.lease_id is not None
@@ -311,6 +283,35 @@ async def test_bash_script_under_the_local_executor(cr: Cronium) -> None:
         (Stream.STDOUT, "attempt 1 of bash-sdk, same id: yes"),
         (Stream.STDOUT, "condition false -> true"),
     ]
+
+
+async def test_variables_under_the_local_executor(cr: Cronium) -> None:
+    ev = await cr.events.add(Event(name="bash-variables", action=bash(
+        """
+        set -euo pipefail
+        k=sdk_bash_counter
+        echo "missing $(cronium_get_variable $k)"
+        cronium_variable_exists $k || echo "exists $?"
+        echo "incremented $(cronium_increment_variable $k) $(croniumIncrementVariable $k 2.5)"
+        cronium_variable_exists $k && echo "exists 0"
+        cronium_set_variable list '["a"]'
+        cronium_append_variable list '{"b": 1}'
+        echo "list $(cronium_get_variable list)"
+        cronium_delete_variable $k
+        echo "deleted $(cronium_get_variable $k)"
+        cronium_variable_exists $k || echo "exists $?"
+        cronium_set_variable CRONIUM_X 1 2>/dev/null || echo "reserved $?"
+        """
+    )))  # fmt: skip
+    done = await cr.jobs.wait((await cr.run(ev.id)).id, timeout=30)
+    logs = [ln.text for ln in await cr.jobs.logs(done.id)]
+    assert done.status is JobStatus.SUCCEEDED, logs
+    assert logs == [
+        "missing null", "exists 1", "incremented 1 3.5", "exists 0",
+        'list ["a",{"b":1}]', "deleted null", "exists 1", "reserved 3",
+    ]  # fmt: skip
+    assert (await cr.variables.get(ev.owner, "list")).value == ["a", {"b": 1}]
+    assert (await cr.variables.get(ev.owner, "sdk_bash_counter")).value is None
 
 
 async def test_failed_call_fails_the_job(cr: Cronium) -> None:
@@ -426,7 +427,7 @@ async def test_success_false_is_an_error(stand_in: StandIn, tmp_path: Path) -> N
 
 async def test_variable_helpers(stand_in: StandIn, tmp_path: Path) -> None:
     """What the variable helpers send and make of the answers (the real endpoint: see
-    test_variables)."""
+    test_variables_under_the_local_executor)."""
     missing = (404, {"success": False, "error": "not_found", "message": "no such variable"})
 
     def value(v: Any) -> tuple[int, Any]:
@@ -572,7 +573,7 @@ async def test_token_is_on_no_command_line(stand_in: StandIn, tmp_path: Path) ->
     """While curl waits for a slow answer, no process shows the token in its command line
     (which ``ps`` shows to every user); nor does any output, on success or on error."""
     stand_in.answers = [SUCCESS, (403, {"success": False, "error": "forbidden", "message": "no"})]
-    stand_in.delay = 0.5
+    stand_in.delay = 1.0
     script = write_script(tmp_path, "cronium_output '{\"big\": true}'; cronium_input\n")
     env = job_env(stand_in.url, FAKE_TOKEN, "e1")
     async with await anyio.open_process(
@@ -583,12 +584,14 @@ async def test_token_is_on_no_command_line(stand_in: StandIn, tmp_path: Path) ->
             while not stand_in.requests:
                 await anyio.sleep(0.01)
         seen = command_lines()
+        stand_in.delay = 0
         assert process.stdout is not None and process.stderr is not None
         with anyio.fail_after(30):
             await process.wait()
             out = b"".join([chunk async for chunk in process.stdout])
             err = b"".join([chunk async for chunk in process.stderr])
-    curl = [line for line in seen.values() if b"cronium-bash-sdk" in line]
+    ours = f"{stand_in.url}/executions/e1/output".encode()
+    curl = [line for line in seen.values() if ours in line]
     assert len(curl) == 1 and curl[0].startswith(b"curl\0")  # the request was in flight
     assert [pid for pid, line in seen.items() if b"s3cr3t" in line] == []
     assert process.returncode == 3

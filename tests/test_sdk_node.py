@@ -228,27 +228,6 @@ async def test_output_of_nothing_is_null(rt: Runtime, tmp_path: Path) -> None:
     assert (await rt.queue.get(job.id)).output is None
 
 
-@pytest.mark.xfail(strict=False, reason="variables endpoint pending")
-async def test_variables(rt: Runtime, tmp_path: Path) -> None:
-    job, token = await rt.running_job()
-    code, out, err = await run_node(
-        """
-        const cronium = require('cronium');
-        (async () => {
-          const missing = await cronium.getVariable('sdk_node_counter');
-          await cronium.setVariable('sdk_node_counter', { n: 1, tags: ['a'] });
-          const set = await cronium.getVariable('sdk_node_counter');
-          await cronium.setVariable('sdk_node_counter', null);
-          const unset = await cronium.getVariable('sdk_node_counter');
-          console.log(JSON.stringify([missing, set, unset]));
-        })();
-        """,
-        tmp_path, url=rt.url, token=token, execution_id=job.id,
-    )  # fmt: skip
-    assert code == 0, err
-    assert last_json(out) == [None, {"n": 1, "tags": ["a"]}, None]
-
-
 async def test_revoked_token_is_an_api_error_without_the_token(rt: Runtime, tmp_path: Path) -> None:
     job, token = await rt.running_job()
     assert job.lease_id is not None
@@ -313,6 +292,31 @@ async def test_node_script_under_the_local_executor(cr: Cronium) -> None:
     assert (Stream.STDOUT, "attempt 1 of node-sdk true") in logs
 
 
+async def test_variables_under_the_local_executor(cr: Cronium) -> None:
+    ev = await cr.events.add(Event(name="node-variables", action=node(
+        """
+        const cronium = require('cronium');
+        (async () => {
+          const missing = await cronium.getVariable('sdk_node');
+          await cronium.setVariable('sdk_node', { n: 1, tags: ['a'] });
+          const set = await cronium.getVariable('sdk_node');
+          await cronium.setVariable('sdk_node_null', null);
+          const nulled = await cronium.getVariable('sdk_node_null');
+          const refused = await cronium.setVariable('CRONIUM_X', 1).catch((e) => e.statusCode);
+          await cronium.output({ missing, set, nulled, refused });
+        })();
+        """
+    )))  # fmt: skip
+    done = await cr.jobs.wait((await cr.run(ev.id)).id, timeout=30)
+    logs = [ln.text for ln in await cr.jobs.logs(done.id)]
+    assert done.status is JobStatus.SUCCEEDED, logs
+    assert done.output == {
+        "missing": None, "set": {"n": 1, "tags": ["a"]}, "nulled": None, "refused": 400,
+    }  # fmt: skip
+    stored = await cr.variables.get(ev.owner, "sdk_node")
+    assert stored.value == {"n": 1, "tags": ["a"]}
+
+
 async def test_import_under_the_local_executor(cr: Cronium) -> None:
     """What works today for an ES module import from a job: importing the file that
     ``require`` finds (the ``import`` face needs node_modules, see the next test)."""
@@ -330,17 +334,22 @@ async def test_import_under_the_local_executor(cr: Cronium) -> None:
     assert done.output == {"seen": {"k": "v"}, "same": True}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ES modules ignore NODE_PATH: import('cronium') needs the local executor to link "
-    "node_modules/cronium (or preload an ESM resolve hook) next to the job's script",
-)
 async def test_bare_import_under_the_local_executor(cr: Cronium) -> None:
     ev = await cr.events.add(Event(name="node-bare-import", action=node(
         "import('cronium').then((c) => c.output({ ok: true }));\n"
     )))  # fmt: skip
     done = await cr.jobs.wait((await cr.run(ev.id)).id, timeout=30)
     assert done.status is JobStatus.SUCCEEDED and done.output == {"ok": True}
+
+
+async def test_global_without_require(cr: Cronium) -> None:
+    """The local executor preloads ``cronium/global.js``: the helpers are a global."""
+    ev = await cr.events.add(Event(
+        name="node-global-default",
+        action=node("cronium.input().then((data) => cronium.output({ global: data }));\n"),
+    ))  # fmt: skip
+    done = await cr.jobs.wait((await cr.run(ev.id, input=[3])).id, timeout=30)
+    assert done.status is JobStatus.SUCCEEDED and done.output == {"global": [3]}
 
 
 async def test_global_when_preloaded(cr: Cronium) -> None:

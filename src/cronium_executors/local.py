@@ -254,10 +254,29 @@ class LocalExecutor(Executor):
         _prepend(env, "NODE_PATH", self.sdk.node)
         return env
 
+    def _node_global(self) -> Path | None:
+        for root in self.sdk.node:
+            candidate = root / "cronium" / "global.js"
+            if candidate.is_file():
+                return candidate
+        return None
+
+    def _link_node_sdk(self, workdir: Path) -> None:
+        """ES modules ignore NODE_PATH: ``import 'cronium'`` finds the SDK through a
+        ``node_modules`` link next to the script instead."""
+        for root in self.sdk.node:
+            if (root / "cronium").is_dir():
+                (workdir / "node_modules").mkdir()
+                (workdir / "node_modules" / "cronium").symlink_to(root / "cronium")
+                return
+
     def _command(self, script: Script, path: Path) -> list[str]:
         if script.language == "python":
             return [self.settings.python, str(path)]
         if script.language == "node":
+            sdk_global = self._node_global()
+            if sdk_global is not None:  # `cronium` as a global, like in Python scripts
+                return [self.settings.node, "--require", str(sdk_global), str(path)]
             return [self.settings.node, str(path)]
         if self.sdk.bash is not None:
             return [self.settings.bash, "-c", _BASH_WITH_SDK, str(path), str(self.sdk.bash)]
@@ -277,6 +296,8 @@ class LocalExecutor(Executor):
         try:
             try:
                 path = workspace.write_script(script)
+                if script.language == "node":
+                    self._link_node_sdk(workspace.root)
             except OSError as exc:
                 return await _not_started(emit, f"cannot write the script: {exc}")
             env = self.job_env(str(workspace.root), str(workspace.root), request.env)
