@@ -76,19 +76,30 @@ async def main_async(runs: int) -> dict[str, Any]:
                 (50, 99),
             )
             ok = all(ours[p] <= 1.5 * base[p] + 0.005 for p in ("p50", "p99"))
-            rows.append([
-                label,
-                f"{base['p50'] * 1000:.1f}", f"{base['p99'] * 1000:.1f}",
-                f"{ours['p50'] * 1000:.1f}", f"{ours['p99'] * 1000:.1f}",
-                f"{ours['p50'] / base['p50']:.2f}x",
-                "yes" if ok else "no",
-            ])  # fmt: skip
+            rows.append(
+                [
+                    label,
+                    f"{base['p50'] * 1000:.1f}",
+                    f"{base['p99'] * 1000:.1f}",
+                    f"{ours['p50'] * 1000:.1f}",
+                    f"{ours['p99'] * 1000:.1f}",
+                    f"{ours['p50'] / base['p50']:.2f}x",
+                    "yes" if ok else "no",
+                ]
+            )
             results[label] = {"bare": base, "cronium": ours, "goal_met": ok}
     table = format_table(
-        ["case", "bare p50 ms", "bare p99 ms", "cronium p50 ms", "cronium p99 ms",
-         "p50 ratio", "within 1.5x+5ms"],
+        [
+            "case",
+            "bare p50 ms",
+            "bare p99 ms",
+            "cronium p50 ms",
+            "cronium p99 ms",
+            "p50 ratio",
+            "within 1.5x+5ms",
+        ],
         rows,
-    )  # fmt: skip
+    )
     print(table)
     return {"runs": runs, "results": results, "table": table}
 

@@ -65,9 +65,11 @@ async def bare_chain() -> float:
 
 async def cronium_chain(db: Path, repeat: int, warm: bool) -> list[float]:
     async with Cronium(
-        f"sqlite:///{db}", executors=["local"], scheduler=False,
+        f"sqlite:///{db}",
+        executors=["local"],
+        scheduler=False,
         executor_config={"local": {"warm_python": warm}},
-    ) as cr:  # fmt: skip
+    ) as cr:
         ev = await cr.events.add(Event(name="fib", action=Script(language="python", code=TASK)))
         wf = await cr.workflows.add(
             Workflow(
@@ -94,17 +96,33 @@ async def main_async(repeat: int) -> dict[str, Any]:
         cold = await cronium_chain(Path(tmp) / "cold.db", max(1, repeat // 2), warm=False)
     bare = [await bare_chain() for _ in range(max(1, repeat // 2))]
     rows: list[list[Any]] = [
-        ["Cronium, embedded, warm Python pool", f"{min(warm):.2f}", f"{statistics.median(warm):.2f}"],
-        ["Cronium, embedded, cold interpreter per task", f"{min(cold):.2f}",
-         f"{statistics.median(cold):.2f}"],
-        ["bare python -c chain (this machine, no scheduler)", f"{min(bare):.2f}",
-         f"{statistics.median(bare):.2f}"],
+        [
+            "Cronium, embedded, warm Python pool",
+            f"{min(warm):.2f}",
+            f"{statistics.median(warm):.2f}",
+        ],
+        [
+            "Cronium, embedded, cold interpreter per task",
+            f"{min(cold):.2f}",
+            f"{statistics.median(cold):.2f}",
+        ],
+        [
+            "bare python -c chain (this machine, no scheduler)",
+            f"{min(bare):.2f}",
+            f"{statistics.median(bare):.2f}",
+        ],
         *[[name, "", f"{secs:.2f}"] for name, secs in ANCHORS],
-    ]  # fmt: skip
+    ]
     table = format_table(["system", "best s", "median s"], rows)
     print(table)
-    return {"repeat": repeat, "warm": warm, "cold": cold, "bare": bare, "table": table,
-            "goal_met": statistics.median(warm) < 1.2}  # fmt: skip
+    return {
+        "repeat": repeat,
+        "warm": warm,
+        "cold": cold,
+        "bare": bare,
+        "table": table,
+        "goal_met": statistics.median(warm) < 1.2,
+    }
 
 
 def main() -> None:

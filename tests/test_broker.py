@@ -33,10 +33,15 @@ async def test_notify_wakes_a_worker_in_another_instance(pg_url: str) -> None:
     """The worker polls only every 30 s; a job enqueued elsewhere starts at once because
     the enqueue's NOTIFY wakes it, and the waiter hears the completion the same way."""
     async with (
-        Cronium(pg_url, plugins=[ScriptedPlugin()], executors=["scripted"], scheduler=False,
-                poll_interval=30) as worker_side,
+        Cronium(
+            pg_url,
+            plugins=[ScriptedPlugin()],
+            executors=["scripted"],
+            scheduler=False,
+            poll_interval=30,
+        ) as worker_side,
         Cronium(pg_url, worker=False, scheduler=False) as client,
-    ):  # fmt: skip
+    ):
         ev = await client.events.add(Event(name="n", action=scripted(), executor="scripted"))
         await anyio.sleep(0.5)  # let the worker go idle
         t0 = time.monotonic()
@@ -51,10 +56,16 @@ async def test_notify_wakes_a_worker_in_another_instance(pg_url: str) -> None:
 async def test_without_notify_polling_still_runs_jobs(pg_url: str) -> None:
     """Q5 (d): with LISTEN disabled, jobs start within the poll interval."""
     async with (
-        Cronium(pg_url, plugins=[ScriptedPlugin()], executors=["scripted"], scheduler=False,
-                poll_interval=0.3, distributed_broker=False),
+        Cronium(
+            pg_url,
+            plugins=[ScriptedPlugin()],
+            executors=["scripted"],
+            scheduler=False,
+            poll_interval=0.3,
+            distributed_broker=False,
+        ),
         Cronium(pg_url, worker=False, scheduler=False, distributed_broker=False) as client,
-    ):  # fmt: skip
+    ):
         ev = await client.events.add(Event(name="p", action=scripted(), executor="scripted"))
         job = await client.run(ev.id)
         done = await client.jobs.wait(job.id, timeout=10)

@@ -14,8 +14,12 @@ def cronium(tmp_path: Path, *args: str, timeout: float = 120) -> subprocess.Comp
     env = {**os.environ, "CRONIUM_DATABASE_URL": f"sqlite:///{tmp_path / 'cli.db'}"}
     return subprocess.run(
         [sys.executable, "-m", "cronium_web.cli", *args],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout,
-    )  # fmt: skip
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def test_serve_demo_runs_the_three_branches(tmp_path: Path) -> None:
@@ -45,18 +49,34 @@ def test_serve_demo_runs_the_three_branches(tmp_path: Path) -> None:
 def test_event_add_run_follow_and_logs(tmp_path: Path) -> None:
     assert cronium(tmp_path, "db", "upgrade").stdout.startswith("applied migrations: [1")
     assert "ok" in cronium(tmp_path, "db", "check").stdout
-    added = cronium(tmp_path, "event", "add", "greet", "--language", "bash",
-                    "--code", 'echo "hello $WHO"; echo oops >&2; exit 3',
-                    "--env", "WHO=world", "--cron", "0 9 * * 1-5", "--timezone",
-                    "Europe/Berlin")  # fmt: skip
+    added = cronium(
+        tmp_path,
+        "event",
+        "add",
+        "greet",
+        "--language",
+        "bash",
+        "--code",
+        'echo "hello $WHO"; echo oops >&2; exit 3',
+        "--env",
+        "WHO=world",
+        "--cron",
+        "0 9 * * 1-5",
+        "--timezone",
+        "Europe/Berlin",
+    )
     assert added.returncode == 0, added.stderr
     listed = cronium(tmp_path, "event", "list").stdout
     assert "greet" in listed and "next=" in listed
     # `run --follow` with a worker in the same database: start one in the background
     env = {**os.environ, "CRONIUM_DATABASE_URL": f"sqlite:///{tmp_path / 'cli.db'}"}
-    worker = subprocess.Popen([sys.executable, "-m", "cronium_web.cli", "worker",
-                               "--poll-interval", "0.2"], cwd=tmp_path, env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "cronium_web.cli", "worker", "--poll-interval", "0.2"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         ran = cronium(tmp_path, "run", "greet", "--follow")
     finally:
@@ -73,8 +93,18 @@ def test_event_add_run_follow_and_logs(tmp_path: Path) -> None:
 def test_bad_input_is_a_clear_error(tmp_path: Path) -> None:
     bad_cron = cronium(tmp_path, "event", "add", "x", "--code", "pass", "--cron", "61 * * * *")
     assert bad_cron.returncode == 2 and "expression" in bad_cron.stderr
-    bad_zone = cronium(tmp_path, "event", "add", "y", "--code", "pass", "--cron", "* * * * *",
-                       "--timezone", "Mars/Olympus")  # fmt: skip
+    bad_zone = cronium(
+        tmp_path,
+        "event",
+        "add",
+        "y",
+        "--code",
+        "pass",
+        "--cron",
+        "* * * * *",
+        "--timezone",
+        "Mars/Olympus",
+    )
     assert bad_zone.returncode == 2 and "Mars/Olympus" in bad_zone.stderr
     missing = cronium(tmp_path, "run", "nope")
     assert missing.returncode == 2 and "event nope not found" in missing.stderr

@@ -39,15 +39,20 @@ def py(code: str) -> Script:
 
 async def test_python_script_uses_the_runtime_api(cr: Cronium) -> None:
     assert cr.runtime_url is not None and cr.runtime_url.startswith("http://127.0.0.1:")
-    ev = await cr.events.add(Event(name="sdk", action=py(
-        "import cronium, os\n"
-        "data = cronium.input()\n"
-        "ctx = cronium.event()\n"
-        "print('attempt', ctx['execution']['attempt'], 'of', ctx['event']['name'])\n"
-        "cronium.output({'double': data['x'] * 2, 'global': 'cronium' in dir()})\n"
-        "cronium.set_condition(cronium.get_condition() is False)\n"
-        "print('token hidden:', 'CRONIUM_EXECUTION_TOKEN' in os.environ)\n"
-    )))  # fmt: skip
+    ev = await cr.events.add(
+        Event(
+            name="sdk",
+            action=py(
+                "import cronium, os\n"
+                "data = cronium.input()\n"
+                "ctx = cronium.event()\n"
+                "print('attempt', ctx['execution']['attempt'], 'of', ctx['event']['name'])\n"
+                "cronium.output({'double': data['x'] * 2, 'global': 'cronium' in dir()})\n"
+                "cronium.set_condition(cronium.get_condition() is False)\n"
+                "print('token hidden:', 'CRONIUM_EXECUTION_TOKEN' in os.environ)\n"
+            ),
+        )
+    )
     done = await cr.jobs.wait((await cr.run(ev.id, input={"x": 21})).id, timeout=30)
     logs = [(ln.stream, ln.text) for ln in await cr.jobs.logs(done.id)]
     assert done.status is JobStatus.SUCCEEDED, logs
@@ -59,24 +64,39 @@ async def test_python_script_uses_the_runtime_api(cr: Cronium) -> None:
 async def test_token_dies_with_the_job(cr: Cronium, tmp_path: Path) -> None:
     """A2 (b): the token a script saw is refused as soon as its job has ended."""
     leak = tmp_path / "token"
-    ev = await cr.events.add(Event(name="leak", action=py(
-        "import os, pathlib\n"
-        f"pathlib.Path({str(leak)!r}).write_text(os.environ['CRONIUM_EXECUTION_TOKEN'] + ' '"
-        " + os.environ['CRONIUM_RUNTIME_API'] + ' ' + os.environ['CRONIUM_EXECUTION_ID'])\n"
-    )))  # fmt: skip
+    ev = await cr.events.add(
+        Event(
+            name="leak",
+            action=py(
+                "import os, pathlib\n"
+                "e = os.environ\n"
+                f"pathlib.Path({str(leak)!r}).write_text(e['CRONIUM_EXECUTION_TOKEN'] + ' '"
+                " + e['CRONIUM_RUNTIME_API'] + ' ' + e['CRONIUM_EXECUTION_ID'])\n"
+            ),
+        )
+    )
     done = await cr.jobs.wait((await cr.run(ev.id)).id, timeout=30)
     assert done.status is JobStatus.SUCCEEDED
     token, url, job_id = leak.read_text().split()
-    env = {**os.environ, "CRONIUM_EXECUTION_TOKEN": token, "CRONIUM_RUNTIME_API": url,
-           "CRONIUM_EXECUTION_ID": job_id,
-           "PYTHONPATH": str(Path(__file__).parents[1] / "sdk" / "python" / "src")}  # fmt: skip
+    env = {
+        **os.environ,
+        "CRONIUM_EXECUTION_TOKEN": token,
+        "CRONIUM_RUNTIME_API": url,
+        "CRONIUM_EXECUTION_ID": job_id,
+        "PYTHONPATH": str(Path(__file__).parents[1] / "sdk" / "python" / "src"),
+    }
     # the API is served by this test's event loop: the probe must not block it
     with anyio.fail_after(60):
         probe = await anyio.run_process(
-            [sys.executable, "-c", "import cronium\ntry:\n cronium.input()\nexcept "
-             "cronium.CroniumAPIError as e:\n print(e.status_code)"],
-            env=env, check=False,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-c",
+                "import cronium\ntry:\n cronium.input()\nexcept "
+                "cronium.CroniumAPIError as e:\n print(e.status_code)",
+            ],
+            env=env,
+            check=False,
+        )
     out = probe.stdout.decode() + probe.stderr.decode()
     assert probe.stdout.decode().strip() == "401", out
     assert token not in out
@@ -84,20 +104,41 @@ async def test_token_dies_with_the_job(cr: Cronium, tmp_path: Path) -> None:
 
 
 async def test_workflow_routed_by_condition_passes_output(cr: Cronium) -> None:
-    measure = await cr.events.add(Event(name="measure", action=py(
-        "import cronium\nr = cronium.input()['reading']\n"
-        "cronium.output({'reading': r})\ncronium.set_condition(r > 50)\n"
-    )))  # fmt: skip
-    high = await cr.events.add(Event(name="high", action=py(
-        "import cronium\ncronium.output({'alarm': cronium.input()['reading']})\n")))  # fmt: skip
-    report = await cr.events.add(Event(name="report", action=Script(
-        language="bash", code='echo "report for $CRONIUM_EVENT_NAME"')))  # fmt: skip
-    wf = await cr.workflows.add(Workflow(
-        name="route",
-        nodes=[Node(id="measure", event_id=measure.id), Node(id="high", event_id=high.id),
-               Node(id="report", event_id=report.id)],
-        edges=[Edge(source="measure", target="high", kind=EdgeKind.ON_CONDITION),
-               Edge(source="measure", target="report", kind=EdgeKind.ALWAYS)]))  # fmt: skip
+    measure = await cr.events.add(
+        Event(
+            name="measure",
+            action=py(
+                "import cronium\nr = cronium.input()['reading']\n"
+                "cronium.output({'reading': r})\ncronium.set_condition(r > 50)\n"
+            ),
+        )
+    )
+    high = await cr.events.add(
+        Event(
+            name="high",
+            action=py("import cronium\ncronium.output({'alarm': cronium.input()['reading']})\n"),
+        )
+    )
+    report = await cr.events.add(
+        Event(
+            name="report",
+            action=Script(language="bash", code='echo "report for $CRONIUM_EVENT_NAME"'),
+        )
+    )
+    wf = await cr.workflows.add(
+        Workflow(
+            name="route",
+            nodes=[
+                Node(id="measure", event_id=measure.id),
+                Node(id="high", event_id=high.id),
+                Node(id="report", event_id=report.id),
+            ],
+            edges=[
+                Edge(source="measure", target="high", kind=EdgeKind.ON_CONDITION),
+                Edge(source="measure", target="report", kind=EdgeKind.ALWAYS),
+            ],
+        )
+    )
     hot = await cr.workflows.wait((await cr.workflows.run(wf.id, {"reading": 90})).id, 60)
     cold = await cr.workflows.wait((await cr.workflows.run(wf.id, {"reading": 10})).id, 60)
     assert hot.status == cold.status == "succeeded"

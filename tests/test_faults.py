@@ -26,11 +26,26 @@ class WorkerProcess:
         self.log = log
         self._out = log.open("w")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "cronium_web.cli", "--db", db_url, "worker",
-             "--lease", "1", "--reap-interval", "0.3", "--poll-interval", "0.2",
-             "--executors", "local", *args],
-            stdout=self._out, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "cronium_web.cli",
+                "--db",
+                db_url,
+                "worker",
+                "--lease",
+                "1",
+                "--reap-interval",
+                "0.3",
+                "--poll-interval",
+                "0.2",
+                "--executors",
+                "local",
+                *args,
+            ],
+            stdout=self._out,
+            stderr=subprocess.STDOUT,
+        )
 
     @property
     def output(self) -> str:

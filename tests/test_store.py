@@ -86,9 +86,12 @@ async def test_concurrent_upgrades_on_postgres(pg_server: object) -> None:
 
 async def test_event_crud_and_conflicts(store: DataStore) -> None:
     ev = await store.add_event(
-        Event(name="e", action=Script(language="bash", code="echo hi"),
-              schedule=Cron(expression="0 3 * * *", timezone="Europe/Berlin"))
-    )  # fmt: skip
+        Event(
+            name="e",
+            action=Script(language="bash", code="echo hi"),
+            schedule=Cron(expression="0 3 * * *", timezone="Europe/Berlin"),
+        )
+    )
     assert ev.id
     rec = await store.get_event_record(ev.id)
     assert rec.event == ev and rec.runs_total == 0
@@ -157,15 +160,22 @@ schedules = st.one_of(
     language=st.sampled_from(["bash", "python", "node"]),
     schedule=schedules,
     attempts=st.integers(1, 100),
-    env=st.dictionaries(st.from_regex(r"[A-Z_][A-Z0-9_]{0,10}", fullmatch=True).filter(
-        lambda n: not n.startswith("CRONIUM_")), st.text(max_size=20).filter(
-        lambda v: "\x00" not in v), max_size=3),
-)  # fmt: skip
+    env=st.dictionaries(
+        st.from_regex(r"[A-Z_][A-Z0-9_]{0,10}", fullmatch=True).filter(
+            lambda n: not n.startswith("CRONIUM_")
+        ),
+        st.text(max_size=20).filter(lambda v: "\x00" not in v),
+        max_size=3,
+    ),
+)
 def test_event_marshalling_round_trips(
     name: str, code: str, language: str, schedule: object, attempts: int, env: dict[str, str]
 ) -> None:
     ev = Event(
-        name=name, action=Script(language=language, code=code),  # type: ignore[arg-type]
-        schedule=schedule, retry=RetryPolicy(max_attempts=attempts), env=env,  # type: ignore[arg-type]
-    )  # fmt: skip
+        name=name,
+        action=Script(language=language, code=code),  # type: ignore[arg-type]
+        schedule=schedule,
+        retry=RetryPolicy(max_attempts=attempts),
+        env=env,  # type: ignore[arg-type]
+    )
     assert event_from_dict(event_to_dict(ev)) == ev

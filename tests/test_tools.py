@@ -29,8 +29,14 @@ class Recorder:
         self.url = ""
 
     async def hook(self, request: Request) -> Response:
-        self.received.append({"method": request.method, "path": request.url.path,
-                              "headers": dict(request.headers), "body": await request.body()})  # fmt: skip
+        self.received.append(
+            {
+                "method": request.method,
+                "path": request.url.path,
+                "headers": dict(request.headers),
+                "body": await request.body(),
+            }
+        )
         if request.url.path == "/broken":
             return Response("down", status_code=503)
         return JSONResponse({"ok": True}, status_code=201 if request.method == "POST" else 200)
@@ -50,11 +56,15 @@ async def test_webhook_tool_is_registered_through_the_plugin_hook(recorder: Reco
     tools = load_tools(make_plugin_manager())
     assert "webhook" in tools.names()
     result = await tools.execute(
-        "webhook", "send",
-        {"url": recorder.url + "/hooks/a?x=1", "json": {"text": "hi"},
-         "headers": {"X-Token": "s3cret"}},
+        "webhook",
+        "send",
+        {
+            "url": recorder.url + "/hooks/a?x=1",
+            "json": {"text": "hi"},
+            "headers": {"X-Token": "s3cret"},
+        },
         CTX,
-    )  # fmt: skip
+    )
     assert result == {"status": 201, "body": '{"ok":true}'}
     [got] = recorder.received
     assert got["method"] == "POST" and got["path"] == "/hooks/a"
@@ -65,10 +75,12 @@ async def test_webhook_errors_are_clear(recorder: Recorder) -> None:
     tools = load_tools(make_plugin_manager())
     with pytest.raises(ToolNotFound):
         await tools.execute("fax", "send", {}, CTX)
-    for config, field in (({"url": "file:///etc/passwd"}, "config.url"),
-                          ({"url": recorder.url, "method": "TRACE"}, "config.method"),
-                          ({"url": recorder.url, "headers": {"a": 1}}, "config.headers"),
-                          ({"url": recorder.url, "timeout": 0}, "config.timeout")):  # fmt: skip
+    for config, field in (
+        ({"url": "file:///etc/passwd"}, "config.url"),
+        ({"url": recorder.url, "method": "TRACE"}, "config.method"),
+        ({"url": recorder.url, "headers": {"a": 1}}, "config.headers"),
+        ({"url": recorder.url, "timeout": 0}, "config.timeout"),
+    ):
         with pytest.raises(ValidationError) as info:
             await tools.execute("webhook", "send", config, CTX)
         assert info.value.field == field

@@ -16,6 +16,7 @@ one statement (no ``BEGIN``/``COMMIT`` round trips). The job queue's hot paths u
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -26,6 +27,7 @@ import anyio
 import attrs
 import sqlalchemy as sa
 from sqlalchemy import event as sa_event
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
@@ -41,11 +43,13 @@ __all__ = ["DataStore", "EventRecord", "new_id", "new_ids"]
 
 T = TypeVar("T")
 
-#: seconds after which a pooled PostgreSQL connection is replaced instead of reused. There is
-#: no pre-ping (it cost three round trips per checkout, as much as the statement it guarded):
-#: a connection that died while pooled fails one operation, which the caller retries, and is
-#: then discarded (SQLAlchemy invalidates the pool on a disconnect error).
+#: seconds after which a pooled PostgreSQL connection is replaced instead of reused
 POOL_RECYCLE_SECONDS = 1800
+#: a pooled PostgreSQL connection idle for longer than this is pinged before it is handed out
+#: (and replaced if the ping fails: the server restarted, a proxy dropped it). A busy pool is
+#: not pinged at all: SQLAlchemy's pre-ping on every checkout cost three round trips
+#: (BEGIN, an empty statement, ROLLBACK), as much as the statement it guarded.
+IDLE_PING_SECONDS = 10.0
 
 
 def new_id() -> str:
@@ -132,6 +136,8 @@ class DataStore:
             kwargs.update(pool_size=20, max_overflow=20, pool_recycle=POOL_RECYCLE_SECONDS)
         self.engine = create_async_engine(self.url, **kwargs)
         self._autocommit = self.engine.execution_options(isolation_level="AUTOCOMMIT")
+        if self.is_postgres:
+            _ping_idle_connections(self.engine.sync_engine)
         if self.is_sqlite:
             _tune_sqlite(self.engine.sync_engine)
             url = sa.make_url(self.url)
@@ -375,6 +381,26 @@ class DataStore:
                 )
             ).scalars()
             return [workflow_from_dict(d) for d in rows]
+
+
+def _ping_idle_connections(sync_engine: sa.Engine) -> None:
+    pool, dialect = sync_engine.pool, sync_engine.dialect
+
+    @sa_event.listens_for(pool, "checkin")
+    def _on_checkin(dbapi_conn: Any, record: Any) -> None:
+        if dbapi_conn is not None:
+            record.info["cronium_idle_since"] = time.monotonic()
+
+    @sa_event.listens_for(pool, "checkout")
+    def _on_checkout(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        since = record.info.get("cronium_idle_since")
+        if since is None or time.monotonic() - since <= IDLE_PING_SECONDS:
+            return
+        try:
+            dialect.do_ping(dbapi_conn)
+        except Exception as error:
+            # the pool discards this connection and checks out another (a fresh one)
+            raise sa_exc.DisconnectionError("pooled connection is gone") from error
 
 
 def _tune_sqlite(sync_engine: sa.Engine) -> None:

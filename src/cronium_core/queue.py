@@ -432,12 +432,14 @@ class JobQueue:
         shared: builtins.list[str] = []
         for name, _ in _INSERTED:
             values = [r[name] for r in rows]
+            if name == "input":
+                # compared as JSON: 1 == 1.0 == True, but they are stored apart
+                values = [json.dumps(v) for v in values]
             if values.count(values[0]) == len(values):
                 shared.append(name)
-                value = values[0]
-                params[f"e_{name}"] = json.dumps(value) if name == "input" else value
+                params[f"e_{name}"] = values[0]
             else:
-                params[f"e_{name}"] = [json.dumps(v) for v in values] if name == "input" else values
+                params[f"e_{name}"] = values
         key = ("insert", frozenset(shared), keyed)
         return self._statement(key, lambda: _pg_insert_statement(set(shared), keyed)), params
 

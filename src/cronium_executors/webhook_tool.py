@@ -57,8 +57,9 @@ class WebhookTool:
             kwargs["content"] = config["body"]
         log.info("webhook %s %s for job %s", method, url.split("?")[0], context.job_id)
         try:
-            async with httpx.AsyncClient(timeout=timeout, follow_redirects=False,
-                                         trust_env=False) as client:  # fmt: skip
+            async with httpx.AsyncClient(
+                timeout=timeout, follow_redirects=False, trust_env=False
+            ) as client:
                 response = await client.request(method, url, **kwargs)
         except httpx.HTTPError as exc:
             raise ToolFailed(

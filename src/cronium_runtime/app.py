@@ -6,6 +6,10 @@ every error, ours or Starlette's, is ``{"success": false, "error": "<short>", "m
 with the status of :func:`error_status` (one exception handler maps the core's error tree).
 A refused token always gets the same body, whatever the reason: the reason goes to the log,
 the token goes nowhere.
+
+:data:`OPENAPI` describes every route but ``/openapi.json`` itself, which serves it
+(``docs/runtime-api.md`` is the prose version; tests keep the three in step). ``/metrics``
+serves the app's Prometheus metrics (:mod:`cronium_runtime.metrics`).
 """
 
 from __future__ import annotations
@@ -18,9 +22,10 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from cronium_core.errors import (
     Conflict,
@@ -34,6 +39,9 @@ from cronium_core.errors import (
 )
 from cronium_core.jobs import Job
 from cronium_core.runtime import FeatureUnavailable, RuntimeService
+from cronium_core.tools import ToolFailed
+
+from .metrics import CONTENT_TYPE, MetricsMiddleware, RuntimeMetrics
 
 __all__ = ["MAX_BODY", "OPENAPI", "create_app", "error_status"]
 
@@ -44,11 +52,17 @@ MAX_BODY = 1024 * 1024
 TOKEN_MESSAGE = "missing, invalid, expired or revoked execution token"
 
 
-def create_app(service: RuntimeService, *, max_body: int = MAX_BODY) -> Starlette:
-    """The runtime API app. ``max_body``: the largest request body taken, in bytes."""
-    api = _Handlers(service, max_body)
-    routes = [
+def create_app(
+    service: RuntimeService, *, max_body: int = MAX_BODY, metrics: RuntimeMetrics | None = None
+) -> Starlette:
+    """The runtime API app. ``max_body``: the largest request body taken, in bytes;
+    ``metrics``: where to count requests (by default a registry of this app's own), also
+    found on ``app.state.metrics``."""
+    metrics = metrics if metrics is not None else RuntimeMetrics(service=service)
+    api = _Handlers(service, max_body, metrics)
+    routes: list[BaseRoute] = [
         Route("/health", _health, methods=["GET"]),
+        Route("/metrics", api.metrics, methods=["GET"]),
         Route("/openapi.json", _openapi, methods=["GET"]),
         Route("/executions/{id}/input", api.get_input, methods=["GET"]),
         Route("/executions/{id}/output", api.set_output, methods=["POST"]),
@@ -60,6 +74,7 @@ def create_app(service: RuntimeService, *, max_body: int = MAX_BODY) -> Starlett
     ]
     app = Starlette(
         routes=routes,
+        middleware=[Middleware(MetricsMiddleware, metrics=metrics, routes=routes)],
         exception_handlers={
             CroniumError: _core_error,
             HTTPException: _http_error,
@@ -67,6 +82,7 @@ def create_app(service: RuntimeService, *, max_body: int = MAX_BODY) -> Starlett
         },
     )
     app.state.runtime = service
+    app.state.metrics = metrics
     return app
 
 
@@ -101,6 +117,7 @@ _STATUSES: list[tuple[type[CroniumError], int, str]] = [
     (Conflict, 409, "conflict"),
     (RateLimited, 429, "rate_limited"),
     (FeatureUnavailable, 501, "not_implemented"),
+    (ToolFailed, 502, "tool_failed"),
 ]
 
 
@@ -189,9 +206,13 @@ async def _openapi(request: Request) -> Response:
 
 
 class _Handlers:
-    def __init__(self, service: RuntimeService, max_body: int) -> None:
+    def __init__(self, service: RuntimeService, max_body: int, metrics: RuntimeMetrics) -> None:
         self.service = service
         self.max_body = max_body
+        self._metrics = metrics
+
+    async def metrics(self, request: Request) -> Response:
+        return Response(await self._metrics.render(), media_type=CONTENT_TYPE)
 
     async def _job(self, request: Request) -> Job:
         return await self.service.authorize(_bearer(request), request.path_params["id"])
@@ -233,7 +254,7 @@ class _Handlers:
         return _ok()
 
     async def execute_tool_action(self, request: Request) -> Response:
-        await self.service.authorize(_bearer(request))
+        job = await self.service.authorize(_bearer(request))
         body = await _json_object(request, self.max_body)
         for name in ("tool", "action"):
             if not isinstance(_field(body, name), str) or not body[name]:
@@ -241,7 +262,7 @@ class _Handlers:
         config = body.get("config", body.get("params", {}))
         if not isinstance(config, dict):
             raise ValidationError("config", "must be an object")
-        return _error(501, "not_implemented", "tool actions arrive with the tool plugins")
+        return _ok(await self.service.tool_action(job, body["tool"], body["action"], config))
 
 
 # -- the OpenAPI document ------------------------------------------------------------
@@ -251,9 +272,9 @@ def _ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/{name}"}
 
 
-def _success(data: dict[str, Any]) -> dict[str, Any]:
+def _success(data: dict[str, Any], description: str = "done") -> dict[str, Any]:
     return {
-        "description": "done",
+        "description": description,
         "content": {
             "application/json": {
                 "schema": {
@@ -267,7 +288,7 @@ def _success(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def _errors(*statuses: int) -> dict[str, Any]:
-    return {str(s): _ref(f"responses/E{s}") for s in statuses}
+    return {str(s): _ref(f"responses/E{s}") for s in sorted(statuses)}
 
 
 def _json_body(schema: dict[str, Any]) -> dict[str, Any]:
@@ -275,23 +296,43 @@ def _json_body(schema: dict[str, Any]) -> dict[str, Any]:
 
 
 _ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"},
-       "description": "the execution (job) id: CRONIUM_EXECUTION_ID"}  # fmt: skip
+       "description": "the execution (job) id: `CRONIUM_EXECUTION_ID`, the token's "
+                      "subject"}  # fmt: skip
 _KEY = {"name": "key", "in": "path", "required": True,
         "schema": {"type": "string", "minLength": 1, "maxLength": 128,
                    "pattern": "^[A-Za-z0-9_.-]+$"},
-        "description": "may not start with CRONIUM_, SYSTEM_, NODE_, PATH or HOME "
-                       "(in any case)"}  # fmt: skip
-_AUTH = (401, 403, 429)
-_WRITE = (400, 401, 403, 413, 429)
+        "description": "1-128 of `A-Z a-z 0-9 _ . -`; may not start with CRONIUM_, SYSTEM_, "
+                       "NODE_, PATH or HOME (in any case)"}  # fmt: skip
+#: what every route behind a token may answer besides its own errors
+_TOKEN = (401, 429, 500)
+#: ... and every route of one execution: another execution's id, or no route at all
+_EXECUTION = (*_TOKEN, 403, 404)
+#: ... and every route that reads a body
+_BODY = (400, 413)
 _ERROR_TEXT = {
-    400: "bad body: invalid JSON, a missing field or a wrong type",
-    401: "missing, invalid, expired or revoked execution token",
+    400: "bad request: a body that is not a JSON object, a missing field, a wrong type, a bad "
+    "variable key, a value that cannot be stored (NaN, NUL, nesting over 100 levels), or a bad "
+    "tool action or config",
+    401: "missing, invalid, expired or revoked execution token (always the same message); "
+    "with `WWW-Authenticate: Bearer`",
     403: "the token belongs to another execution",
-    404: "not found",
-    413: "request body too large",
-    429: "too many requests from this execution",
-    501: "not implemented yet",
+    404: "not found: the variable, the tool or the event; or no route at this path (an id "
+    "or key holding '/')",
+    409: "the variable is being written by someone else at the same moment; try again",
+    413: "request body over the limit (1 MiB by default)",
+    429: "too many requests from this execution; `Retry-After` says when to try again",
+    500: "internal error (details in the server's log only)",
+    501: "this runtime API was set up without variables or without tools",
+    502: "the tool ran, but the service behind it failed (a 5xx answer, no connection)",
 }
+#: the statuses of the error responses that carry a header
+_ERROR_HEADERS: dict[int, dict[str, Any]] = {
+    401: {"WWW-Authenticate": {"schema": {"type": "string"}, "description": "`Bearer ...`"}},
+    429: {"Retry-After": {"schema": {"type": "integer", "minimum": 1},
+                          "description": "seconds"}},
+}  # fmt: skip
+
+_VALUE_DOC = "any JSON value"
 
 OPENAPI: dict[str, Any] = {
     "openapi": "3.1.0",
@@ -299,41 +340,76 @@ OPENAPI: dict[str, Any] = {
         "title": "Cronium runtime API",
         "version": "1",
         "description": "What a running script may read and write about its own execution. "
-        "Authenticate with `Authorization: Bearer $CRONIUM_EXECUTION_TOKEN`.",
+        "Authenticate with `Authorization: Bearer $CRONIUM_EXECUTION_TOKEN`. Every JSON "
+        'answer is `{"success": true, "data": ...}` or `{"success": false, "error": '
+        '"<code>", "message": "<detail>"}`. See docs/runtime-api.md.',
     },
     "security": [{"executionToken": []}],
     "paths": {
         "/health": {
             "get": {
+                "operationId": "health",
                 "summary": "liveness",
                 "security": [],
-                "responses": {"200": _success({"type": "object"})},
+                "responses": {
+                    "200": _success(
+                        {
+                            "type": "object",
+                            "required": ["status"],
+                            "properties": {"status": {"const": "ok"}},
+                        },
+                        "the server is up",
+                    )
+                },
+            }
+        },
+        "/metrics": {
+            "get": {
+                "operationId": "metrics",
+                "summary": "Prometheus metrics: requests by route and status, variable cache "
+                "hits and misses, jobs by status",
+                "security": [],
+                "responses": {
+                    "200": {
+                        "description": "the Prometheus text exposition format",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    }
+                },
             }
         },
         "/executions/{id}/input": {
             "parameters": [_ID],
             "get": {
+                "operationId": "getInput",
                 "summary": "the execution's input ({} when none)",
-                "responses": {"200": _success({}), **_errors(*_AUTH)},
+                "responses": {"200": _success({}), **_errors(*_EXECUTION)},
             },
         },
         "/executions/{id}/output": {
             "parameters": [_ID],
             "post": {
-                "summary": "set the execution's output",
+                "operationId": "setOutput",
+                "summary": "set the execution's output (the last one wins); the owner's "
+                "secrets in it are masked",
                 "requestBody": _json_body(
-                    {"type": "object", "required": ["data"], "properties": {"data": {}}}
+                    {
+                        "type": "object",
+                        "required": ["data"],
+                        "properties": {"data": {"description": _VALUE_DOC}},
+                    }
                 ),
-                "responses": {"200": _success({"type": "null"}), **_errors(*_WRITE)},
+                "responses": {"200": _success({"type": "null"}), **_errors(*_EXECUTION, *_BODY)},
             },
         },
         "/executions/{id}/condition": {
             "parameters": [_ID],
             "get": {
+                "operationId": "getCondition",
                 "summary": "the condition the script set (false when unset)",
-                "responses": {"200": _success({"type": "boolean"}), **_errors(*_AUTH)},
+                "responses": {"200": _success({"type": "boolean"}), **_errors(*_EXECUTION)},
             },
             "post": {
+                "operationId": "setCondition",
                 "summary": "set the condition that ON_CONDITION edges test",
                 "requestBody": _json_body(
                     {
@@ -342,36 +418,40 @@ OPENAPI: dict[str, Any] = {
                         "properties": {"condition": {"type": "boolean"}},
                     }
                 ),
-                "responses": {"200": _success({"type": "null"}), **_errors(*_WRITE)},
+                "responses": {"200": _success({"type": "null"}), **_errors(*_EXECUTION, *_BODY)},
             },
         },
         "/executions/{id}/context": {
             "parameters": [_ID],
             "get": {
+                "operationId": "getContext",
                 "summary": "the event, this execution, its workflow run, server and user",
                 "responses": {
                     "200": _success(_ref("schemas/Context")),
-                    **_errors(*_AUTH, 404),
+                    **_errors(*_EXECUTION),
                 },
             },
         },
         "/executions/{id}/variables/{key}": {
             "parameters": [_ID, _KEY],
             "get": {
-                "summary": "a variable of the event's owner (404 when there is none)",
+                "operationId": "getVariable",
+                "summary": "a variable of the event's owner, a secret decrypted (404 when "
+                "there is none)",
                 "responses": {
                     "200": _success(_ref("schemas/Variable")),
-                    **_errors(400, *_AUTH, 404, 501),
+                    **_errors(*_EXECUTION, 400, 501),
                 },
             },
             "put": {
+                "operationId": "setVariable",
                 "summary": "create or replace a variable of the event's owner",
                 "requestBody": _json_body(
                     {
                         "type": "object",
                         "required": ["value"],
                         "properties": {
-                            "value": {},
+                            "value": {"description": _VALUE_DOC},
                             "secret": {
                                 "type": "boolean",
                                 "description": "encrypt it and mask it in logs (a string of "
@@ -380,12 +460,18 @@ OPENAPI: dict[str, Any] = {
                         },
                     }
                 ),
-                "responses": {"200": _success({"type": "null"}), **_errors(*_WRITE, 501)},
+                "responses": {
+                    "200": _success({"type": "null"}),
+                    **_errors(*_EXECUTION, *_BODY, 409, 501),
+                },
             },
         },
         "/tool-actions/execute": {
             "post": {
-                "summary": "run a tool action (not implemented yet)",
+                "operationId": "executeToolAction",
+                "summary": "run an action of a tool plugin for this execution",
+                "description": "The execution is the token's own. `params` is a synonym of "
+                "`config` (`config` wins when both are given).",
                 "requestBody": _json_body(
                     {
                         "type": "object",
@@ -398,7 +484,10 @@ OPENAPI: dict[str, Any] = {
                         },
                     }
                 ),
-                "responses": {"200": _success({}), **_errors(*_WRITE, 501)},
+                "responses": {
+                    "200": _success({"description": "the tool's result"}),
+                    **_errors(*_TOKEN, *_BODY, 404, 501, 502),
+                },
             }
         },
     },
@@ -412,7 +501,12 @@ OPENAPI: dict[str, Any] = {
                 "required": ["success", "error", "message"],
                 "properties": {
                     "success": {"const": False},
-                    "error": {"type": "string"},
+                    "error": {
+                        "type": "string",
+                        "description": "a short code: bad_request, unauthorized, forbidden, "
+                        "not_found, method_not_allowed, conflict, payload_too_large, "
+                        "rate_limited, internal_error, not_implemented, tool_failed",
+                    },
                     "message": {"type": "string"},
                 },
             },
@@ -473,11 +567,7 @@ OPENAPI: dict[str, Any] = {
             f"E{status}": {
                 "description": text,
                 "content": {"application/json": {"schema": _ref("schemas/Error")}},
-                **(
-                    {"headers": {"Retry-After": {"schema": {"type": "integer"}}}}
-                    if status == 429
-                    else {}
-                ),
+                **({"headers": _ERROR_HEADERS[status]} if status in _ERROR_HEADERS else {}),
             }
             for status, text in _ERROR_TEXT.items()
         },
