@@ -189,6 +189,10 @@ def _iso(value: Any) -> str | None:
     return value.isoformat() if value is not None else None
 
 
+#: seconds an event's owner is remembered by the runtime API
+OWNER_CACHE_SECONDS = 5.0
+
+
 @attrs.define(eq=False)
 class LiveAttempt:
     """An attempt run by a worker of this process, as the runtime API sees it."""
@@ -241,6 +245,7 @@ class RuntimeService:
     tools: Any | None = attrs.field(default=None, kw_only=True)
     #: attempts run in this process (answered from memory); see :class:`LiveAttempts`
     live: LiveAttempts = attrs.field(factory=LiveAttempts, kw_only=True)
+    _owners: dict[str, tuple[str, float]] = attrs.field(factory=dict, init=False, repr=False)
 
     async def authorize(self, token: str | None, execution_id: str | None = None) -> Job:
         """The running job the token may act on. ``execution_id`` is the one named by the
@@ -338,7 +343,19 @@ class RuntimeService:
         return self.variables
 
     async def _owner(self, job: Job) -> str:
-        return (await self.store.get_event(job.event_id)).owner
+        live = self.live.get(job.id, _lease(job))
+        if live is not None:
+            return live.owner
+        # an event's owner hardly ever changes; a few seconds of caching saves a read per call
+        now = time.monotonic()
+        cached = self._owners.get(job.event_id)
+        if cached is not None and cached[1] > now:
+            return cached[0]
+        owner = (await self.store.get_event(job.event_id)).owner
+        if len(self._owners) > 10_000:
+            self._owners.clear()
+        self._owners[job.event_id] = (owner, now + OWNER_CACHE_SECONDS)
+        return owner
 
     # -- tool actions ------------------------------------------------------------------
 

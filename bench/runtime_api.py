@@ -1,0 +1,473 @@
+"""Runtime API latency: getting and setting a variable with 50 concurrent clients, against a
+bare Starlette endpoint on the same server setup, and the variable cache's hit rate.
+
+Three processes, so that no two of them share an event loop:
+
+- the **server**: ``Cronium(sqlite, worker=False, scheduler=False)`` (its store, queue,
+  variables with their cache, tools and ``RuntimeService``), 50 claimed jobs of one event
+  (one per client, each with its own token), 20 variables of the event's owner; it serves
+  ``create_app(cr.runtime)`` and a *bare* Starlette app (one route returning a constant JSON
+  body of the same shape as a variable read) with :func:`cronium_runtime.server.serve` (uvicorn
+  with httptools, as in production) on two loopback ports, in one event loop on uvloop (the
+  CLI's). The production rate limit (50/s per execution) would refuse this load, so it is
+  raised out of the way; its code still runs on every request.
+- the **clients**: one process, 50 asyncio tasks on uvloop, each with its own keep-alive
+  connection, writing pre-built HTTP/1.1 requests and parsing the answers by hand (no HTTP
+  library: the client must cost as little CPU as possible, the machine has two cores).
+- this process: starts both, tells the clients which workload to run, and reads the cache's
+  hit and miss counters from the runtime API's ``/metrics`` around the variable reads.
+
+By default the server is pinned to CPU 0 and the clients to CPU 1 (``--no-pin``: let the OS
+place them).
+
+Workloads (every client sends the same kind of request):
+
+- ``bare``: ``GET /variable`` of the bare app; ``health``: ``GET /health`` of the runtime API
+  (routing, middleware and metrics, no token, no database);
+- ``input``: ``GET /executions/{id}/input`` (token check: JWT and the job's row);
+- ``get_variable``: ``GET /executions/{id}/variables/key{n}``, each client cycling over the 20
+  variables (the repeated-read workload of the cache hit rate);
+- ``set_variable``: ``PUT /executions/{id}/variables/w{client}`` with a small JSON value.
+
+Two modes: *closed loop* (each client sends its next request as soon as the last one is
+answered: latency under saturation, and the throughput; with 50 clients, latency is about
+50 / throughput by Little's law) and *paced* (each client sends at a fixed rate, ``--rate``
+requests/s in all, spread evenly: the latency of a server that is not saturated). Latency is
+measured from sending a request to having read its answer. Every client warms up (``--warmup``
+requests) before the clock starts for any of them. In paced mode the JSON also records how late
+the client sent its requests (``late_p99_ms``): a client falling behind its schedule would hide
+latency.
+
+Goal (issue 3): runtime API p99 under 5 ms and within 2x the bare endpoint.
+
+Run from the project root::
+
+    /work/venv/bin/python -m bench.runtime_api            # about a minute
+    /work/venv/bin/python -m bench.runtime_api --quick    # smoke check
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import tempfile
+import time
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import anyio
+import httpx
+from anyio.streams.buffered import BufferedByteReceiveStream
+
+from bench._common import (
+    describe_machine,
+    format_table,
+    machine_info,
+    package_versions,
+    percentiles,
+    write_results,
+)
+
+CLIENTS = 50
+KEYS = [f"key{n:02d}" for n in range(20)]
+OWNER = "bench"
+WORKLOADS = ("bare", "health", "input", "get_variable", "set_variable")
+LABELS = {
+    "bare": "bare Starlette endpoint",
+    "health": "runtime API GET /health",
+    "input": "runtime API GET input",
+    "get_variable": "runtime API GET variable",
+    "set_variable": "runtime API PUT variable",
+}
+#: what this benchmark's figures depend on
+PACKAGES = [
+    "cronium",
+    "starlette",
+    "uvicorn",
+    "httptools",
+    "uvloop",
+    "anyio",
+    "SQLAlchemy",
+    "aiosqlite",
+    "pyjwt",
+    "prometheus-client",
+]
+
+
+# -- the server process ------------------------------------------------------------------
+
+
+def bare_app() -> Any:
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    body = {"success": True, "data": {"key": "key00", "value": {"n": 0, "text": "value 0"}}}
+
+    async def variable(request: Any) -> JSONResponse:
+        return JSONResponse(body)
+
+    return Starlette(routes=[Route("/variable", variable, methods=["GET"])])
+
+
+async def serve_both(conn: Connection, db: Path, clients: int) -> None:
+    from cronium_core import Cronium, Event, Script
+    from cronium_core.crypto import generate_key as secret_key
+    from cronium_core.runtime import RateLimiter
+    from cronium_core.tokens import generate_key
+    from cronium_runtime import create_app, serve
+
+    async with Cronium(
+        f"sqlite:///{db}",
+        worker=False,
+        scheduler=False,
+        runtime_keys=f"k1:{generate_key()}",
+        secret_keys=f"c1:{secret_key()}",
+    ) as cr:
+        cr.runtime.limiter = RateLimiter(rate=1e9, burst=1e9)
+        event = await cr.events.add(
+            Event(name="bench", owner=OWNER, action=Script(language="python", code="pass"))
+        )
+        for n, key in enumerate(KEYS):
+            await cr.variables.set(OWNER, key, {"n": n, "text": f"value {n}"})
+        for _ in range(clients):
+            await cr.run(event)
+        jobs = await cr.queue.claim("bench-worker", clients)
+        assert len(jobs) == clients
+        async with anyio.create_task_group() as tg:
+            runtime_url = await tg.start(serve, create_app(cr.runtime))
+            bare_url = await tg.start(serve, bare_app())
+            conn.send(
+                {
+                    "runtime": runtime_url,
+                    "bare": bare_url,
+                    "jobs": [(job.id, cr.tokens.mint(job)) for job in jobs],
+                }
+            )
+            await anyio.to_thread.run_sync(conn.recv)  # until told to stop
+            tg.cancel_scope.cancel()
+
+
+def server_main(conn: Connection, db: str, clients: int, cpu: int | None) -> None:
+    if cpu is not None:
+        os.sched_setaffinity(0, {cpu})
+    anyio.run(serve_both, conn, Path(db), clients, backend_options={"use_uvloop": True})
+
+
+# -- the client process ------------------------------------------------------------------
+
+
+class HttpConnection:
+    """One keep-alive HTTP/1.1 connection that sends pre-built requests."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+        self.reader = BufferedByteReceiveStream(stream)
+
+    async def request(self, raw: bytes) -> int:
+        await self.stream.send(raw)
+        head = await self.reader.receive_until(b"\r\n\r\n", 65536)
+        lines = head.split(b"\r\n")
+        status = int(lines[0].split(b" ", 2)[1])
+        length = 0
+        for line in lines[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        if length:
+            await self.reader.receive_exactly(length)
+        return status
+
+
+def build_requests(kind: str, plan: dict[str, Any], client: int) -> list[bytes]:
+    """The requests one client cycles over for a workload."""
+    url = plan["bare"] if kind == "bare" else plan["runtime"]
+    host = urlsplit(url).netloc
+    job_id, token = plan["jobs"][client]
+    auth = f"Authorization: Bearer {token}\r\n"
+
+    def raw(method: str, path: str, headers: str = "", body: bytes = b"") -> bytes:
+        head = f"{method} {path} HTTP/1.1\r\nHost: {host}\r\n{headers}"
+        if body:
+            head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+        return head.encode() + b"\r\n" + body
+
+    if kind == "bare":
+        return [raw("GET", "/variable")]
+    if kind == "health":
+        return [raw("GET", "/health")]
+    if kind == "input":
+        return [raw("GET", f"/executions/{job_id}/input", auth)]
+    if kind == "get_variable":
+        # each client starts at another key, so that all keys are read all the time
+        keys = KEYS[client % len(KEYS) :] + KEYS[: client % len(KEYS)]
+        return [raw("GET", f"/executions/{job_id}/variables/{key}", auth) for key in keys]
+    if kind == "set_variable":
+        path = f"/executions/{job_id}/variables/w{client:02d}"
+        return [raw("PUT", path, auth, json.dumps({"value": {"n": n}}).encode()) for n in range(10)]
+    raise ValueError(kind)
+
+
+async def run_workload(plan: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
+    kind, mode = spec["kind"], spec["mode"]
+    url = urlsplit(plan["bare"] if kind == "bare" else plan["runtime"])
+    host, port = url.hostname, url.port
+    assert host is not None and port is not None
+    clients = len(plan["jobs"])
+    latencies: list[float] = []
+    lateness: list[float] = []
+    failures: dict[int, int] = {}
+    interval = clients / spec["rate"] if mode == "paced" else 0.0
+
+    warm = 0
+    all_warm = anyio.Event()
+    start = 0.0
+
+    async def client(n: int) -> None:
+        nonlocal warm, start
+        requests = build_requests(kind, plan, n)
+        stream = await anyio.connect_tcp(host, port)
+        async with stream:
+            conn = HttpConnection(stream)
+            for i in range(spec["warmup"]):
+                await conn.request(requests[i % len(requests)])
+            # the clock starts once every client has warmed up (and so the server is idle)
+            warm += 1
+            if warm == clients:
+                start = time.perf_counter() + 0.2
+                all_warm.set()
+            await all_warm.wait()
+            # start together (closed) or spread evenly over one interval (paced)
+            due = start + (interval * n / clients if mode == "paced" else 0.0)
+            await anyio.sleep(max(0.0, due - time.perf_counter()))
+            for i in range(spec["requests"]):
+                if mode == "paced":
+                    await anyio.sleep(max(0.0, due - time.perf_counter()))
+                    lateness.append(time.perf_counter() - due)
+                    due += interval
+                sent = time.perf_counter()
+                status = await conn.request(requests[i % len(requests)])
+                latencies.append(time.perf_counter() - sent)
+                if status != 200:
+                    failures[status] = failures.get(status, 0) + 1
+
+    async with anyio.create_task_group() as tg:
+        for n in range(clients):
+            tg.start_soon(client, n)
+    elapsed = time.perf_counter() - start
+    return {"latencies": latencies, "lateness": lateness, "failures": failures, "elapsed": elapsed}
+
+
+def client_main(conn: Connection, plan: dict[str, Any], cpu: int | None) -> None:
+    if cpu is not None:
+        os.sched_setaffinity(0, {cpu})
+    while True:
+        spec = conn.recv()
+        if spec is None:
+            return
+        conn.send(anyio.run(run_workload, plan, spec, backend_options={"use_uvloop": True}))
+
+
+# -- orchestration -----------------------------------------------------------------------
+
+
+def cache_counters(runtime_url: str) -> tuple[float, float]:
+    """(hits, misses) of the variable cache, from the runtime API's /metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"{runtime_url}/metrics", timeout=10).text
+    hits = misses = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "cronium_variables_cache_hits_total":
+                hits += sample.value
+            elif sample.name == "cronium_variables_cache_misses_total":
+                misses += sample.value
+    return hits, misses
+
+
+def summarize(result: dict[str, Any]) -> dict[str, Any]:
+    lat = [x * 1000 for x in result["latencies"]]
+    return {
+        "requests": len(lat),
+        "per_s": len(lat) / result["elapsed"] if result["elapsed"] > 0 else None,
+        **{f"{k}_ms": v for k, v in percentiles(lat, (50, 90, 99)).items()},
+        "max_ms": max(lat) if lat else None,
+        # paced: how late requests were sent (a client that falls behind would hide latency)
+        "late_p99_ms": percentiles([x * 1000 for x in result["lateness"]], (99,))["p99"],
+        "failures": {str(k): v for k, v in result["failures"].items()},
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--requests", type=int, default=200, help="per client, closed loop")
+    parser.add_argument("--paced-requests", type=int, default=20, help="per client, paced")
+    parser.add_argument("--rate", type=float, default=100.0, help="paced: requests/s in all")
+    parser.add_argument("--warmup", type=int, default=20, help="per client and workload")
+    parser.add_argument("--clients", type=int, default=CLIENTS)
+    parser.add_argument("--no-pin", action="store_true", help="do not pin the processes")
+    parser.add_argument("--quick", action="store_true", help="a smoke check")
+    parser.add_argument("--modes", default="closed,paced", help="closed, paced or both")
+    parser.add_argument("--workloads", default=",".join(WORKLOADS), help="bare is always run")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.requests, args.paced_requests, args.warmup = 30, 10, 5
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    pin = not args.no_pin and len(cpus) >= 2
+    server_cpu, client_cpu = (cpus[0], cpus[1]) if pin else (None, None)
+
+    ctx = multiprocessing.get_context("spawn")
+    results: dict[str, dict[str, Any]] = {}
+    cache: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="cronium-bench-") as tmp:
+        server_end, server_conn = ctx.Pipe()
+        server = ctx.Process(
+            target=server_main,
+            name="runtime-api-server",
+            args=(server_conn, str(Path(tmp) / "cronium.db"), args.clients, server_cpu),
+        )
+        server.start()
+        client: Any = None
+        try:
+            if not server_end.poll(120):
+                raise RuntimeError("the server did not start within 120 s")
+            plan = server_end.recv()
+            client_end, client_conn = ctx.Pipe()
+            client = ctx.Process(
+                target=client_main, name="runtime-api-clients", args=(client_conn, plan, client_cpu)
+            )
+            client.start()
+
+            def run(kind: str, mode: str) -> dict[str, Any]:
+                n = args.requests if mode == "closed" else args.paced_requests
+                spec = {
+                    "kind": kind,
+                    "mode": mode,
+                    "requests": n,
+                    "warmup": args.warmup,
+                    "rate": args.rate,
+                }
+                client_end.send(spec)
+                summary = summarize(client_end.recv())
+                p50, p99, rate = summary["p50_ms"], summary["p99_ms"], summary["per_s"]
+                line = f"  {mode:6} {kind:12} p50 {p50:.2f} ms  p99 {p99:.2f} ms  {rate:.0f}/s"
+                print(line, flush=True)
+                return summary
+
+            kinds = ["bare", *(k for k in args.workloads.split(",") if k != "bare")]
+            for mode in args.modes.split(","):
+                for kind in kinds:
+                    before = cache_counters(plan["runtime"]) if kind == "get_variable" else None
+                    results[f"{mode}:{kind}"] = run(kind, mode)
+                    if before is not None:
+                        after = cache_counters(plan["runtime"])
+                        hits, misses = after[0] - before[0], after[1] - before[1]
+                        cache[f"{mode}_hits"], cache[f"{mode}_misses"] = hits, misses
+                        cache[f"{mode}_hit_rate"] = hits / (hits + misses)
+            client_end.send(None)
+            client.join(30)
+        finally:
+            server_end.send("stop")
+            server.join(30)
+            for proc in (client, server):
+                if proc is not None and proc.is_alive():
+                    proc.terminate()
+
+    report(args, results, cache, pin)
+
+
+def report(
+    args: argparse.Namespace,
+    results: dict[str, dict[str, Any]],
+    cache: dict[str, float],
+    pin: bool,
+) -> None:
+    info = machine_info()
+    rows = []
+    verdicts: dict[str, dict[str, Any]] = {}
+    modes = args.modes.split(",")
+    for mode in modes:
+        bare = results[f"{mode}:bare"]
+        for kind in WORKLOADS:
+            if f"{mode}:{kind}" not in results:
+                continue
+            r = results[f"{mode}:{kind}"]
+            ratio = r["p99_ms"] / bare["p99_ms"]
+            rows.append(
+                [
+                    mode,
+                    LABELS[kind],
+                    r["requests"],
+                    r["per_s"],
+                    r["p50_ms"],
+                    r["p90_ms"],
+                    r["p99_ms"],
+                    r["max_ms"],
+                    f"{ratio:.2f}x",
+                    sum(r["failures"].values()),
+                ]
+            )
+            if kind in ("get_variable", "set_variable"):
+                verdicts[f"{mode}:{kind}"] = {
+                    "p99_under_5ms": r["p99_ms"] < 5.0,
+                    "p99_within_2x_bare": ratio <= 2.0,
+                }
+    print()
+    print(describe_machine(info))
+    print(
+        f"{args.clients} clients; closed loop: {args.requests} requests per client; paced: "
+        f"{args.paced_requests} per client at {args.rate:g}/s in all; "
+        f"{'server on CPU 0, clients on CPU 1' if pin else 'not pinned'}"
+    )
+    print()
+    print(
+        format_table(
+            [
+                "mode",
+                "endpoint",
+                "requests",
+                "req/s",
+                "p50 ms",
+                "p90 ms",
+                "p99 ms",
+                "max ms",
+                "p99 vs bare",
+                "non-200",
+            ],
+            rows,
+            align="llrrrrrrrr",
+        )
+    )
+    print()
+    for mode in (m for m in modes if f"{m}_hit_rate" in cache):
+        print(
+            f"variable cache hit rate ({mode}, GET variable): "
+            f"{cache[f'{mode}_hit_rate']:.2%} ({cache[f'{mode}_hits']:.0f} hits, "
+            f"{cache[f'{mode}_misses']:.0f} misses)"
+        )
+    for name, verdict in verdicts.items():
+        print(
+            f"goal {name}: p99 < 5 ms: {verdict['p99_under_5ms']}, "
+            f"p99 <= 2x bare: {verdict['p99_within_2x_bare']}"
+        )
+    path = write_results(
+        "runtime_api",
+        {
+            "machine": info,
+            "versions": package_versions(PACKAGES),
+            "settings": {**vars(args), "pinned": pin},
+            "results": results,
+            "cache": cache,
+            "goals": verdicts,
+        },
+    )
+    print(f"\nresults: {path}")
+
+
+if __name__ == "__main__":
+    main()
