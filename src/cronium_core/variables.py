@@ -67,6 +67,10 @@ _table = schema.variables
 check_key = check_variable_key
 
 
+#: seconds a user's secret values are remembered for masking (see secret_values)
+SECRETS_TTL = 1.0
+
+
 class VariableNotFound(NotFound):
     kind = "variable"
 
@@ -361,6 +365,9 @@ class VariableStore:
     store: DataStore
     cipher: Cipher
     cache: VariableCache = attrs.field(factory=VariableCache)
+    _secrets: dict[str, tuple[builtins.list[str], float]] = attrs.field(
+        factory=dict, init=False, repr=False
+    )
 
     async def start(self, exit_stack: AsyncExitStack) -> None:
         await self.cache.start(exit_stack)
@@ -402,6 +409,7 @@ class VariableStore:
         raise Conflict(f"variable {key!r} is being written concurrently; try again")
 
     async def delete(self, owner: str, key: str) -> None:
+        self._secrets.pop(owner, None)
         check_key(key)
         async with self.store.begin() as conn:
             result = await conn.execute(
@@ -419,7 +427,22 @@ class VariableStore:
         return [_variable(_row(r), None if r.secret else r.value) for r in rows]
 
     async def secret_values(self, owner: str) -> builtins.list[str]:
-        """The plaintext of every secret of ``owner``: what the log masker must hide."""
+        """The plaintext of every secret of ``owner``: what the log masker must hide.
+
+        Remembered for :data:`SECRETS_TTL` seconds (every job of a busy worker asks); a write
+        in this process forgets it at once, a write in another process is seen within the TTL.
+        """
+        now = time.monotonic()
+        cached = self._secrets.get(owner)
+        if cached is not None and cached[1] > now:
+            return list(cached[0])
+        values = await self._load_secret_values(owner)
+        if len(self._secrets) > 10_000:
+            self._secrets.clear()
+        self._secrets[owner] = (values, now + SECRETS_TTL)
+        return list(values)
+
+    async def _load_secret_values(self, owner: str) -> builtins.list[str]:
         query = sa.select(_table).where(_table.c.owner == owner, _table.c.secret == sa.true())
         async with self.store.read() as conn:
             rows = (await conn.execute(query)).all()
@@ -518,6 +541,7 @@ class VariableStore:
         return _variable(row, json.loads(plaintext))
 
     async def _write(self, owner: str, key: str, value: Any, secret: bool | None) -> Variable:
+        self._secrets.pop(owner, None)
         now = self.store.clock.now()
         query = sa.select(_table).where(_table.c.owner == owner, _table.c.key == key)
         if self.store.is_postgres:
