@@ -27,7 +27,7 @@ What each system does (see ``docs/benchmarks.md`` for the discussion):
 
 Run from the project root::
 
-    /work/venv/bin/python -m bench.queue_throughput            # full run, a few minutes
+    /work/venv/bin/python -m bench.queue_throughput            # 3 rounds, medians; ~3 minutes
     /work/venv/bin/python -m bench.queue_throughput --quick    # smoke check, well under 30 s
     /work/venv/bin/python -m bench.queue_throughput --profile  # where Cronium's time goes
 """
@@ -65,7 +65,8 @@ from bench._common import (
     write_results,
 )
 
-#: jobs per run; 3,000 keeps the full matrix within about five minutes on a 2-core machine
+#: jobs per run; 3,000 keeps three rounds of the full matrix within about four minutes on a
+#: 2-core machine (procrastinate takes most of it)
 DEFAULT_JOBS = 3000
 ENQUEUE_CHUNK = 500  #: jobs per enqueue transaction / batch call, for every system
 SINGLE_ENQUEUE_JOBS = 1000  #: jobs enqueued one per transaction, for the single-enqueue rate
@@ -670,7 +671,8 @@ def results_table(results: list[RunResult]) -> str:
 
 def enqueue_table(results: list[RunResult], single: dict[str, float]) -> str:
     """Per system: the median batched enqueue rate over all its runs (the runs differ only in
-    their workers, so every run is one more sample), and the single-job enqueue rate."""
+    their workers, so every run is one more sample), and the (median) single-job enqueue
+    rate."""
     batched: dict[str, list[float]] = defaultdict(list)
     for r in results:
         batched[r.setup.system].append(r.enqueue_rate)
@@ -685,7 +687,17 @@ def enqueue_table(results: list[RunResult], single: dict[str, float]) -> str:
     )
 
 
-async def benchmark(jobs: int, quick: bool) -> None:
+def median_run(runs: list[RunResult]) -> RunResult:
+    """One figure for repeated runs of a setup and layout: the median enqueue time and the
+    median drain time (each on its own)."""
+    return attrs.evolve(
+        runs[0],
+        enqueue_s=statistics.median(r.enqueue_s for r in runs),
+        drain_s=statistics.median(r.drain_s for r in runs),
+    )
+
+
+async def benchmark(jobs: int, quick: bool, repeat: int) -> None:
     versions = package_versions(
         [
             "cronium",
@@ -706,31 +718,39 @@ async def benchmark(jobs: int, quick: bool) -> None:
     with postgres_server() as server, tempfile.TemporaryDirectory(prefix="cronium-bench-") as tmp:
         info = machine_info(server)
         print(f"machine: {describe_machine(info)}")
-        print(f"jobs per run: {jobs}, enqueue chunk: {ENQUEUE_CHUNK}")
+        print(f"jobs per run: {jobs}, enqueue chunk: {ENQUEUE_CHUNK}, rounds: {repeat}")
         bench = Bench(server=server, workdir=Path(tmp))
-        results: list[RunResult] = []
-        for layout in layouts:
-            for setup in setups:
-                if (setup, layout) in skip:
-                    continue
-                r = await bench.run(setup, layout, jobs)
-                print(
-                    f"  {setup.label:<46} {layout.label:>4}  enqueue {r.enqueue_rate:8.0f}/s"
-                    f"  drain {r.drain_rate:8.0f}/s  total {r.total_s:6.2f} s",
-                    flush=True,
-                )
-                results.append(r)
-        single: dict[str, float] = {}
-        for system in (CRONIUM_SQLITE, CRONIUM_PG, PROCRASTINATE, PGQUEUER):
-            single[system] = await bench.single_enqueue_rate(system, single_jobs)
+        # whole rounds, one after the other: a slow spell of the machine then hits every
+        # system in some round instead of all the runs of one system
+        runs: dict[tuple[Setup, Layout], list[RunResult]] = defaultdict(list)
+        singles: dict[str, list[float]] = defaultdict(list)
+        for round_ in range(1, repeat + 1):
+            for layout in layouts:
+                for setup in setups:
+                    if (setup, layout) in skip:
+                        continue
+                    r = await bench.run(setup, layout, jobs)
+                    print(
+                        f"  [{round_}] {setup.label:<46} {layout.label:>4}"
+                        f"  enqueue {r.enqueue_rate:8.0f}/s  drain {r.drain_rate:8.0f}/s"
+                        f"  total {r.total_s:6.2f} s",
+                        flush=True,
+                    )
+                    runs[setup, layout].append(r)
+            for system in (CRONIUM_SQLITE, CRONIUM_PG, PROCRASTINATE, PGQUEUER):
+                singles[system].append(await bench.single_enqueue_rate(system, single_jobs))
+        results = [median_run(rs) for rs in runs.values()]
+        single = {system: statistics.median(rates) for system, rates in singles.items()}
     elapsed = time.monotonic() - started
     # above ~0.5 the machine was busy with something else (another benchmark) at the start
     info["loadavg_1m_at_start"] = load_before[0]
     print()
+    if repeat > 1:
+        print(f"(medians of {repeat} rounds)")
     print(results_table(results))
     print()
     print(f"Enqueue (one client; single-job = {single_jobs} jobs, one per call/transaction):")
-    print(enqueue_table(results, single))
+    print(enqueue_table([r for rs in runs.values() for r in rs], single))
     rel = ratios(results)
     path = write_results(
         "queue_throughput",
@@ -738,6 +758,7 @@ async def benchmark(jobs: int, quick: bool) -> None:
             "command": " ".join(["python -m bench.queue_throughput", *sys.argv[1:]]),
             "jobs": jobs,
             "quick": quick,
+            "rounds": repeat,
             "enqueue_chunk": ENQUEUE_CHUNK,
             "machine": info,
             "versions": versions,
@@ -750,7 +771,8 @@ async def benchmark(jobs: int, quick: bool) -> None:
                 }
                 for i, r in enumerate(results)
             ],
-            "single_enqueue": {"jobs": single_jobs, "per_s": single},
+            "samples": [r.as_dict() for rs in runs.values() for r in rs],
+            "single_enqueue": {"jobs": single_jobs, "per_s": single, "samples": singles},
         },
     )
     print(f"\nwall time {elapsed:.0f} s; results written to {path}")
@@ -955,6 +977,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--quick", action="store_true", help="small smoke run, < 30 s")
     parser.add_argument(
+        "--repeat",
+        type=int,
+        default=None,
+        help="rounds of the whole matrix; the tables show medians (default 3; 1 with --quick)",
+    )
+    parser.add_argument(
         "--profile", action="store_true", help="profile Cronium's queue instead of comparing"
     )
     args = parser.parse_args(argv)
@@ -962,7 +990,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.profile:
         anyio.run(profile_cronium, jobs)
     else:
-        anyio.run(benchmark, jobs, args.quick)
+        anyio.run(benchmark, jobs, args.quick, args.repeat or (1 if args.quick else 3))
 
 
 if __name__ == "__main__":

@@ -10,7 +10,16 @@ import anyio
 import pytest
 import sqlalchemy as sa
 
-from cronium_core import Event, FakeClock, JobStatus, RetryPolicy, Script, Stream, Trigger
+from cronium_core import (
+    Event,
+    FakeClock,
+    JobStatus,
+    RetryPolicy,
+    Script,
+    Stream,
+    Trigger,
+    datastore,
+)
 from cronium_core.datastore import DataStore
 from cronium_core.errors import JobNotFound, ValidationError
 from cronium_core.events import OverlapPolicy
@@ -317,6 +326,13 @@ async def test_enqueue_many_honours_idempotency_keys(store: DataStore, queue: Jo
     assert [j.id for j in again] == [jobs[4].id, jobs[1].id, first.id]
     assert again[0].input == {"x": 1}
     assert await queue.count() == 4
+    # a large batch (its jobs are made while the database stores them) works alike
+    keys = [f"k{i % 25}" for i in range(50)] + ["a"]
+    big = await queue.enqueue_many([(ev, {"idempotency_key": k, "input": {"k": k}}) for k in keys])
+    assert [j.idempotency_key for j in big] == keys
+    assert big[25:50] == big[:25] and big[50] == first
+    assert all(j.input == {"k": j.idempotency_key} for j in big[:50])
+    assert await queue.count() == 4 + 25
 
 
 async def test_enqueue_many_is_one_transaction(store: DataStore, queue: JobQueue) -> None:
@@ -328,17 +344,26 @@ async def test_enqueue_many_is_one_transaction(store: DataStore, queue: JobQueue
     with pytest.raises(TypeError):
         await queue.enqueue_many([(ev, {"colour": "red"})])
 
+    # an error while storing is raised as it is (not in an exception group), and stores nothing
+    with pytest.raises(TypeError, match="JSON serializable"):
+        await queue.enqueue_many([(ev, {"input": {"n": 1}})] * 40 + [(ev, {"input": object()})])
+
     class Rollback(Exception):
         pass
 
-    with pytest.raises(Rollback):
+    async def enqueue_then_fail(n: int) -> None:
         async with store.begin() as conn:
-            await queue.enqueue_many([(ev, {})] * 3, conn=conn)
+            await queue.enqueue_many([(ev, {})] * n, conn=conn)
             raise Rollback
+
+    for n in (3, 40):
+        with pytest.raises(Rollback):
+            await enqueue_then_fail(n)
     assert await queue.count() == 0
     async with store.begin() as conn:
         await queue.enqueue_many([(ev, {})] * 3, conn=conn)
-    assert await queue.count(JobStatus.QUEUED) == 3
+        await queue.enqueue_many([(ev, {})] * 40, conn=conn)
+    assert await queue.count(JobStatus.QUEUED) == 43
 
 
 async def test_finish_many_decides_like_finish(
@@ -411,10 +436,13 @@ async def test_finish_many_in_the_callers_transaction(store: DataStore, queue: J
     class Rollback(Exception):
         pass
 
-    with pytest.raises(Rollback):
+    async def finish_then_fail() -> None:
         async with store.begin() as conn:
             assert all(await queue.finish_many(ends, conn=conn))
             raise Rollback
+
+    with pytest.raises(Rollback):
+        await finish_then_fail()
     assert await queue.count(JobStatus.RUNNING) == 3
     async with store.begin() as conn:
         assert all(await queue.finish_many(ends, conn=conn))
@@ -449,8 +477,7 @@ async def test_claim_order_and_executors(
     now = clock.now()
     # one tick's catch-up runs (same priority and times): fire_time orders them, NULL last
     tick = [await queue.enqueue(local)]
-    for minutes in (1, 3, 2):
-        tick.append(await queue.enqueue(local, fire_time=now - timedelta(minutes=minutes)))
+    tick += [await queue.enqueue(local, fire_time=now - timedelta(minutes=m)) for m in (1, 3, 2)]
     # a batch is claimed in its order, whatever its random ids
     clock.advance(1)
     batch = await queue.enqueue_many([(local, {"input": {"i": i}}) for i in range(6)])
@@ -468,3 +495,76 @@ async def test_finish_of_an_unknown_job_raises(queue: JobQueue) -> None:
         await queue.finish("nope", "lease", status=JobStatus.SUCCEEDED)
     with pytest.raises(JobNotFound):
         await queue.finish("nope", "lease", status=JobStatus.FAILED)
+
+
+@pytest.mark.postgres
+async def test_connections_dropped_while_pooled_are_replaced(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No pre-ping on every checkout, but a connection idle in the pool is pinged before use:
+    when the server dropped it meanwhile (a restart, a proxy), the call gets a fresh one."""
+    import asyncpg
+
+    monkeypatch.setattr(datastore, "IDLE_PING_SECONDS", 0.0)
+    async with AsyncExitStack() as stack:
+        store = DataStore(url=pg_url)
+        await store.start(stack)
+        queue = JobQueue(store=store)
+        ev = await add(store)
+        await queue.enqueue_many([(ev, {})] * 3)
+        killer = await asyncpg.connect(pg_url.replace("+asyncpg", ""))
+        try:
+            killed = await killer.fetchval(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        finally:
+            await killer.close()
+        assert killed >= 1
+        claimed = await queue.claim("w", 5)
+        assert len(claimed) == 3
+        assert all(
+            await queue.finish_many([(j.id, j.lease_id, JobStatus.SUCCEEDED) for j in claimed])
+        )
+
+
+async def test_enqueue_many_keeps_equal_but_different_inputs_apart(
+    store: DataStore, queue: JobQueue
+) -> None:
+    ev = await add(store)
+    inputs = [{"n": 1}, {"n": 1.0}, {"n": True}, [1], [True]]
+    jobs = await queue.enqueue_many([(ev, {"input": x}) for x in inputs])
+    for job, x in zip(jobs, inputs, strict=True):
+        stored = (await queue.get(job.id)).input
+        assert stored == job.input == x
+        assert repr(stored) == repr(x)
+
+
+@pytest.mark.postgres
+async def test_claim_reads_its_index_in_order(pg_url: str) -> None:
+    """The claim walks ix_jobs_claim in order and stops after a few rows. Cronium's sessions
+    plan without bitmap scans: with statistics that lag behind a burst of jobs, PostgreSQL
+    preferred a bitmap scan of every queued job and a sort, on every claim."""
+    async with AsyncExitStack() as stack:
+        store = DataStore(url=pg_url)
+        await store.start(stack)
+        queue = JobQueue(store=store)
+        ev = await add(store)
+        for _ in range(4):
+            await queue.enqueue_many([(ev, {})] * 500)
+        statements: list[tuple[str, object]] = []
+
+        def grab(conn: object, cursor: object, sql: str, params: object, *args: object) -> None:
+            if sql.startswith("WITH cand AS"):
+                statements.append((sql, params))
+
+        sa.event.listen(store.engine.sync_engine, "before_cursor_execute", grab)
+        assert len(await queue.claim("w", 10)) == 10
+        [(statement, params)] = statements
+        async with store.engine.connect() as conn:
+            raw = await conn.get_raw_connection()
+            driver = raw.driver_connection
+            assert driver is not None
+            assert await driver.fetchval("SHOW enable_bitmapscan") == "off"
+            plan = "\n".join(r[0] for r in await driver.fetch("EXPLAIN " + statement, *params))
+        assert "Index Scan using ix_jobs_claim" in plan and "Bitmap" not in plan, plan

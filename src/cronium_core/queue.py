@@ -7,19 +7,20 @@ reaper has handed the job to another attempt, a zombie's writes change nothing. 
 therefore recorded once.
 
 On PostgreSQL candidates are picked with ``FOR UPDATE SKIP LOCKED`` and per-event concurrency
-limits are made exact with transaction-scoped advisory locks taken in key order. On SQLite
-every write transaction is ``BEGIN IMMEDIATE``, which serializes claims.
+limits are made exact with transaction-scoped advisory locks, taken in the order of their ids.
+On SQLite every write transaction is ``BEGIN IMMEDIATE``, which serializes claims.
 
 Methods that change a job take an optional ``conn`` so that a caller can do them inside its
 own transaction (transactional enqueue, finish + workflow advance in one commit).
 
 How it is kept fast (``docs/benchmarks.md``, "Queue throughput", has the measurements): every
-write is a synchronous function run by :meth:`DataStore.transact` — on SQLite one trip to a
+write is a synchronous function run by :meth:`DataStore.transact`: on SQLite one trip to a
 worker thread per transaction, on PostgreSQL in autocommit when it writes with one statement.
-The common claim (no concurrency-limited job among the candidates) and every finish are one
-statement each; the retry decision of a finish is a ``CASE`` in SQL on PostgreSQL. Batches
-(:meth:`JobQueue.enqueue_many`, :meth:`JobQueue.finish_many`) are one statement each on
-PostgreSQL. The claim reads a partial index in its own order (``schema.jobs``).
+The hot statements are built once, with parameters. The common claim (no concurrency-limited
+job among the candidates) is one statement, and so is a finish (on PostgreSQL the retry
+decision is a ``CASE`` on the row; on SQLite a failure reads the row first). The batches,
+:meth:`JobQueue.enqueue_many` and :meth:`JobQueue.finish_many`, are one statement each. The
+claim reads a partial index in its own order (``schema``).
 """
 
 from __future__ import annotations
@@ -30,8 +31,10 @@ import json
 import zlib
 from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, NamedTuple, TypeVar, cast
 
+import anyio
+import anyio.lowlevel
 import attrs
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
@@ -58,6 +61,9 @@ J = schema.jobs
 T = TypeVar("T")
 #: cap on the stored log of one job; past it lines are dropped and a marker is stored
 DEFAULT_MAX_LOG_BYTES = 16 * 1024 * 1024
+#: batches from this size make their Job objects while the database stores them (below it,
+#: the task that takes costs more than it saves)
+_OVERLAP_FROM = 32
 #: statuses whose attempt is retried while attempts are left (a cancelled one is not)
 RETRYABLE = frozenset({JobStatus.FAILED, JobStatus.TIMED_OUT})
 
@@ -366,9 +372,39 @@ class JobQueue:
             if common is None:
                 common = by_event[id(event)] = _event_values(event)
             rows.append(_job_values(job_id, common, options, now, len(rows)))
-        return await self._run(functools.partial(self._insert, rows), conn, one_statement=True)
+        insert = functools.partial(self._insert, rows)
+        if len(rows) < _OVERLAP_FROM:
+            taken = await self._run(insert, conn, one_statement=True)
+            return [taken.get(i) or _new_job(r) for i, r in enumerate(rows)]
+        taken = {}
+        # errors are raised below as they are, not in an exception group; the database's first
+        failed: builtins.list[Exception] = []
+        jobs: builtins.list[Job] = []
 
-    def _insert(self, rows: builtins.list[dict[str, Any]], c: sa.Connection) -> builtins.list[Job]:
+        async def write() -> None:
+            try:
+                taken.update(await self._run(insert, conn, one_statement=True))
+            except Exception as error:
+                failed.insert(0, error)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(write)
+            # the insert sends its statement and waits for the database; meanwhile, make the
+            # jobs it stores (measured on PostgreSQL: 45,000 -> 80,000 jobs/s)
+            await anyio.lowlevel.checkpoint()
+            try:
+                jobs = [_new_job(r) for r in rows]
+            except Exception as error:
+                failed.append(error)
+        if failed:
+            raise failed[0]
+        for i, job in taken.items():
+            jobs[i] = job
+        return jobs
+
+    def _insert(self, rows: builtins.list[dict[str, Any]], c: sa.Connection) -> dict[int, Job]:
+        """Insert ``rows``; returns, by position, the jobs that an item's idempotency key gave
+        instead of a new one (the other jobs are as in ``rows``)."""
         keyed = [r for r in rows if r["idempotency_key"] is not None]
         inserted: set[str] | None = None
         if self.store.is_postgres:
@@ -382,7 +418,7 @@ class JobQueue:
                 present = self._statement("present", self._present)
                 found = c.execute(present, {"p_ids": [r["id"] for r in keyed]}).scalars()
                 inserted = set(found)
-        jobs = [_new_job(r) for r in rows]
+        taken: dict[int, Job] = {}
         if inserted is not None and len(inserted) < len(keyed):
             # the key was taken (earlier, or by an earlier item of this call): the first job
             keys = builtins.list({r["idempotency_key"] for r in keyed if r["id"] not in inserted})
@@ -392,8 +428,8 @@ class JobQueue:
             }
             for i, r in enumerate(rows):
                 if r["idempotency_key"] is not None and r["id"] not in inserted:
-                    jobs[i] = first[r["idempotency_key"]]
-        return jobs
+                    taken[i] = first[r["idempotency_key"]]
+        return taken
 
     def _sqlite_insert(
         self, rows: builtins.list[dict[str, Any]], *, keyed: bool, c: sa.Connection
@@ -433,8 +469,11 @@ class JobQueue:
         for name, _ in _INSERTED:
             values = [r[name] for r in rows]
             if name == "input":
-                # compared as JSON: 1 == 1.0 == True, but they are stored apart
-                values = [json.dumps(v) for v in values]
+                if all(type(v) is dict and not v for v in values):
+                    values = ["{}"] * len(values)
+                else:
+                    # compared as JSON: 1 == 1.0 == True, but they are stored apart
+                    values = [json.dumps(v) for v in values]
             if values.count(values[0]) == len(values):
                 shared.append(name)
                 params[f"e_{name}"] = values[0]
@@ -1278,7 +1317,9 @@ def _sqlite_insert_sql(keyed: bool) -> tuple[str, builtins.list[str]]:
     """SQLite's enqueue as the driver's SQL, and the order of its parameters."""
     insert = sqlite_dialect.insert(J)
     if keyed:
-        insert = insert.on_conflict_do_nothing(index_elements=["idempotency_key"])
+        insert = insert.on_conflict_do_nothing(
+            index_elements=["idempotency_key"], index_where=J.c.idempotency_key.isnot(None)
+        )
     compiled = insert.compile(
         dialect=sqlite_dialect.dialect(), column_keys=[name for name, _ in _INSERTED]
     )
@@ -1306,7 +1347,9 @@ def _pg_insert_statement(shared: set[str], keyed: bool) -> Any:
         select = select.select_from(v)
     insert = postgresql.insert(J).from_select([name for name, _ in _INSERTED], select)
     if keyed:
-        return insert.on_conflict_do_nothing(index_elements=["idempotency_key"]).returning(J.c.id)
+        return insert.on_conflict_do_nothing(
+            index_elements=["idempotency_key"], index_where=J.c.idempotency_key.isnot(None)
+        ).returning(J.c.id)
     return insert
 
 
@@ -1343,6 +1386,11 @@ _ENQUEUE_OPTIONS = frozenset(
 )
 
 
+#: a trigger as given (None, a member, its value) -> its value, without an enum call per job
+_TRIGGERS: dict[Any, str] = {None: Trigger.MANUAL.value}
+_TRIGGERS.update({t: t.value for t in Trigger})
+
+
 def _job_values(
     job_id: str, common: dict[str, Any], options: Mapping[str, Any], now: datetime, nth: int
 ) -> dict[str, Any]:
@@ -1359,7 +1407,7 @@ def _job_values(
     return {
         **common,
         "id": job_id,
-        "trigger": Trigger.MANUAL.value if trigger is None else Trigger(trigger).value,
+        "trigger": _TRIGGERS.get(trigger) or Trigger(cast(str, trigger)).value,
         "input": data if data is not None else {},
         "priority": common["priority"] if priority is None else priority,
         "run_after": get("run_after") or now,

