@@ -38,8 +38,10 @@ from tests.test_sdk_python import FAKE_TOKEN, SUCCESS, UNAVAILABLE, free_port
 
 pytestmark = [
     pytest.mark.anyio,
+    # CI installs them (scripts/services): there a missing tool fails the tests
     pytest.mark.skipif(
-        not all(shutil.which(tool) for tool in ("bash", "curl", "jq")),
+        not all(shutil.which(tool) for tool in ("bash", "curl", "jq"))
+        and os.environ.get("CI") != "true",
         reason="the bash SDK needs bash, curl and jq",
     ),
 ]
