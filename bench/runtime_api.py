@@ -114,7 +114,7 @@ def bare_app() -> Any:
     return Starlette(routes=[Route("/variable", variable, methods=["GET"])])
 
 
-async def serve_both(conn: Connection, db: Path, clients: int) -> None:
+async def serve_both(conn: Connection, db: Path, clients: int, embedded: bool = False) -> None:
     from cronium_core import Cronium, Event, Script
     from cronium_core.crypto import generate_key as secret_key
     from cronium_core.runtime import RateLimiter
@@ -138,6 +138,11 @@ async def serve_both(conn: Connection, db: Path, clients: int) -> None:
             await cr.run(event)
         jobs = await cr.queue.claim("bench-worker", clients)
         assert len(jobs) == clients
+        if embedded:
+            # what `cronium serve` does: its worker runs the jobs, and the runtime API answers
+            # the attempts of its own worker from memory (LiveAttempts)
+            for job in jobs:
+                cr.runtime.live.open(job, OWNER, await cr.variables.secret_values(OWNER))
         async with anyio.create_task_group() as tg:
             runtime_url = await tg.start(serve, create_app(cr.runtime))
             bare_url = await tg.start(serve, bare_app())
@@ -152,10 +157,12 @@ async def serve_both(conn: Connection, db: Path, clients: int) -> None:
             tg.cancel_scope.cancel()
 
 
-def server_main(conn: Connection, db: str, clients: int, cpu: int | None) -> None:
+def server_main(
+    conn: Connection, db: str, clients: int, cpu: int | None, embedded: bool = False
+) -> None:
     if cpu is not None:
         os.sched_setaffinity(0, {cpu})
-    anyio.run(serve_both, conn, Path(db), clients, backend_options={"use_uvloop": True})
+    anyio.run(serve_both, conn, Path(db), clients, embedded, backend_options={"use_uvloop": True})
 
 
 # -- the client process ------------------------------------------------------------------
@@ -312,6 +319,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--clients", type=int, default=CLIENTS)
     parser.add_argument("--no-pin", action="store_true", help="do not pin the processes")
     parser.add_argument("--quick", action="store_true", help="a smoke check")
+    parser.add_argument(
+        "--embedded",
+        action="store_true",
+        help="the jobs belong to the server process's own worker (as in `cronium serve`)",
+    )
     parser.add_argument("--modes", default="closed,paced", help="closed, paced or both")
     parser.add_argument("--workloads", default=",".join(WORKLOADS), help="bare is always run")
     args = parser.parse_args(argv)
@@ -329,7 +341,13 @@ def main(argv: list[str] | None = None) -> None:
         server = ctx.Process(
             target=server_main,
             name="runtime-api-server",
-            args=(server_conn, str(Path(tmp) / "cronium.db"), args.clients, server_cpu),
+            args=(
+                server_conn,
+                str(Path(tmp) / "cronium.db"),
+                args.clients,
+                server_cpu,
+                args.embedded,
+            ),
         )
         server.start()
         client: Any = None
