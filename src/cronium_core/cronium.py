@@ -38,7 +38,7 @@ from .queue import JobQueue
 from .runtime import RuntimeService, parse_keys, runtime_env
 from .scheduler import FireRecord, Scheduler
 from .tokens import ExecutionTokens, generate_key
-from .tools import ToolRegistry
+from .tools import ToolRegistry, load_tools
 from .variables import ValkeyCache, VariableCache, VariableStore
 from .worker import Worker
 from .workflows import Workflow
@@ -138,7 +138,7 @@ class Cronium:
                 extra_plugins=self._plugins, load_entry_points=self._load_entry_points
             )
             await self.variables.start(stack)
-            pm.hook.cronium_register_tools(register=self.tools)
+            load_tools(pm, into=self.tools)
             registry = load_executors(pm)
             names = self._executor_names if self._executor_names is not None else registry.names()
             if self._want_worker:

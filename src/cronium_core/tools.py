@@ -70,7 +70,8 @@ class ToolRegistry:
         return await implementation.execute(action, config, context)
 
 
-def load_tools(pm: pluggy.PluginManager) -> ToolRegistry:
-    registry = ToolRegistry()
+def load_tools(pm: pluggy.PluginManager, into: ToolRegistry | None = None) -> ToolRegistry:
+    """Fill ``into`` (or a new registry) with the tools that plugins register."""
+    registry = into if into is not None else ToolRegistry()
     pm.hook.cronium_register_tools(register=registry)
     return registry

@@ -13,15 +13,13 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from collections.abc import Callable
 
 import anyio
 import uvicorn
 from anyio.abc import TaskStatus
 from starlette.types import ASGIApp
 
-from cronium_core.jobs import Job
-from cronium_core.tokens import ExecutionTokens
+from cronium_core.runtime import runtime_env
 
 __all__ = ["runtime_env_factory", "serve"]
 
@@ -80,11 +78,5 @@ def _url_host(bound: str) -> str:
     return f"[{address}]" if address.version == 6 else str(address)
 
 
-def runtime_env_factory(url: str, tokens: ExecutionTokens) -> Callable[[Job], dict[str, str]]:
-    """For ``Worker.runtime_env``: the runtime API's URL and a fresh token for the job's
-    current attempt (the worker adds ``CRONIUM_EXECUTION_ID`` itself)."""
-
-    def runtime_env(job: Job) -> dict[str, str]:
-        return {"CRONIUM_RUNTIME_API": url, "CRONIUM_EXECUTION_TOKEN": tokens.mint(job)}
-
-    return runtime_env
+#: for ``Worker.runtime_env``: the API's URL and a token for the job's current attempt
+runtime_env_factory = runtime_env
