@@ -140,7 +140,11 @@ class Cronium:
             await self.variables.start(stack)
             load_tools(pm, into=self.tools)
             registry = load_executors(pm)
-            names = self._executor_names if self._executor_names is not None else registry.names()
+            names = (
+                self._executor_names
+                if self._executor_names is not None
+                else registry.default_names()
+            )
             if self._want_worker:
                 for name in names:
                     self.executors[name] = registry.create(name, self._executor_config.get(name))
@@ -149,10 +153,15 @@ class Cronium:
             stack.push_async_callback(self._stop_background, tg)
             server = pm.hook.cronium_runtime_server() if self._want_runtime else None
             if self._want_worker and server is not None:
+                hosts = [self._runtime_host]
+                for executor in self.executors.values():
+                    hosts += [h for h in executor.runtime_hosts() if h not in hosts]
                 self.runtime_url = await tg.start(
-                    partial(server, self.runtime, host=self._runtime_host, port=self._runtime_port),
+                    partial(server, self.runtime, host=",".join(hosts), port=self._runtime_port),
                     name="cronium runtime API",
                 )
+                for executor in self.executors.values():
+                    await executor.runtime_started(self.runtime_url)
             if self._want_worker:
                 worker_kwargs: dict[str, Any] = {}
                 if self._worker_id:

@@ -150,6 +150,14 @@ def _check_env(_: object, __: attrs.Attribute[Mapping[str, str]], env: Mapping[s
             raise ValidationError(f"env.{name}", "must be a string without NUL bytes")
 
 
+def _check_options(_: object, __: attrs.Attribute[Any], options: Mapping[str, Any]) -> None:
+    if not isinstance(options, Mapping):
+        raise ValidationError("executor_options", "must be a mapping")
+    for name in options:
+        if not isinstance(name, str) or not name.isidentifier():
+            raise ValidationError("executor_options", f"{name!r} is not a setting name")
+
+
 def _check_name(_: object, __: attrs.Attribute[str], name: str) -> None:
     if not name.strip() or len(name) > 200 or any(ord(c) < 32 for c in name):
         raise ValidationError("name", "must be 1-200 printable characters")
@@ -166,6 +174,9 @@ class Event:
     owner: str = "admin"
     status: EventStatus = attrs.field(default=EventStatus.ACTIVE, converter=EventStatus)
     executor: str = "local"
+    #: settings for that executor, checked by it when a run starts (docker/podman: ``image``,
+    #: ``memory``, ``cpus``, ``pids``, ``network``, ...; see the executor's docs)
+    executor_options: Mapping[str, Any] = attrs.field(factory=dict, validator=_check_options)
     #: seconds before the worker stops the run (SIGTERM, then SIGKILL after ``kill_grace``)
     timeout: float = 3600.0
     kill_grace: float = 5.0

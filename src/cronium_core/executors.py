@@ -14,7 +14,7 @@ or temp file behind.
 from __future__ import annotations
 
 import abc
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -89,6 +89,14 @@ class Executor(abc.ABC):
     async def execute(self, request: ExecutionRequest, emit: LogSink) -> Outcome:
         """Run ``request.action`` to its end and say how it ended. See the module docstring
         for what cancellation requires."""
+
+    def runtime_hosts(self) -> Sequence[str]:
+        """Addresses the runtime API must also listen on for this executor's jobs to reach it
+        (a container network's gateway); known once :meth:`start` has run."""
+        return ()
+
+    async def runtime_started(self, url: str) -> None:  # noqa: B027 - optional hook
+        """The runtime API now listens at ``url`` (and on :meth:`runtime_hosts`, same port)."""
 
     def can_run(self, action: Action) -> bool:
         """Whether this executor knows how to run that kind of action."""

@@ -129,6 +129,7 @@ def event_to_dict(event: Event) -> dict[str, Any]:
         "action": action_to_dict(event.action),
         "schedule": schedule_to_dict(event.schedule),
         "executor": event.executor,
+        "executor_options": dict(event.executor_options),
         "timeout": event.timeout,
         "kill_grace": event.kill_grace,
         "retry": {

@@ -32,6 +32,15 @@ class ExecutorRegistry:
     def names(self) -> list[str]:
         return sorted(self._factories)
 
+    def default_names(self) -> list[str]:
+        """The executors a Cronium starts when not told which: all but those that need an
+        outside engine (``enabled_by_default = False`` on the class: docker, podman)."""
+        return [
+            name
+            for name, factory in sorted(self._factories.items())
+            if getattr(factory, "enabled_by_default", True)
+        ]
+
     def create(self, name: str, config: Mapping[str, Any] | None = None) -> Executor:
         try:
             factory = self._factories[name]

@@ -285,6 +285,7 @@ class Worker:
             env=env,
             timeout=job.timeout,
             kill_grace=event.kill_grace,
+            options=event.executor_options,
         )
 
     async def _heartbeat(self, running: _Running) -> None:

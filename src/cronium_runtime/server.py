@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import socket
+import sys
 
 import anyio
 import uvicorn
@@ -37,14 +39,18 @@ async def serve(
     task_status: TaskStatus[str] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``app`` until cancelled; reports its base URL (``http://host:port``) through
-    ``task_status`` once it listens. ``port=0`` picks a free port.
+    ``task_status`` once it listens. ``port=0`` picks a free port. ``host`` may list several
+    addresses separated by commas (loopback plus a container network's gateway, say): all
+    listen on the same port, and the URL names the first.
 
     Uvicorn runs without its signal handlers (the host process owns its signals), without its
     logging configuration (the host's logging applies) and without access logs."""
+    hosts = [h.strip() for h in host.split(",") if h.strip()]
+    sockets = _bind(hosts, port)
     config = uvicorn.Config(
         app,
-        host=host,
-        port=port,
+        host=hosts[0],
+        port=sockets[0].getsockname()[1],
         log_level="warning",
         lifespan="off",
         log_config=None,
@@ -55,10 +61,11 @@ async def serve(
     config.load()
     server.lifespan = config.lifespan_class(config)
     try:
-        await server.startup()
-    except SystemExit:
-        # uvicorn logs the OSError and exits the process; inside a library, raise instead
-        raise OSError(f"the runtime API cannot listen on {host}:{port}") from None
+        await server.startup(sockets=sockets)
+    except BaseException:
+        for sock in sockets:
+            sock.close()  # the asyncio servers own them once started; until then, we do
+        raise
     try:
         bound_host, bound_port = server.servers[0].sockets[0].getsockname()[:2]
         url = f"http://{_url_host(bound_host)}:{bound_port}"
@@ -68,6 +75,32 @@ async def serve(
     finally:
         with anyio.CancelScope(shield=True), anyio.move_on_after(SHUTDOWN_GRACE + 2):
             await server.shutdown()
+
+
+def _bind(hosts: list[str], port: int) -> list[socket.socket]:
+    """Listening sockets on every host, on one port (the first bind picks it when 0)."""
+    sockets: list[socket.socket] = []
+    try:
+        for host in hosts:
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET and sys.platform == "linux":
+                # a container network's bridge may get its address only when the first
+                # container joins it (podman): listen there already
+                sock.setsockopt(socket.SOL_IP, getattr(socket, "IP_FREEBIND", 15), 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind((host, port))
+            port = sock.getsockname()[1]
+            sock.listen(2048)
+            sock.setblocking(False)
+    except OSError as exc:
+        for sock in sockets:
+            sock.close()
+        raise OSError(f"the runtime API cannot listen on {host}:{port}: {exc.strerror}") from None
+    return sockets
 
 
 def _url_host(bound: str) -> str:

@@ -1,0 +1,877 @@
+"""The container code path shared by the ``docker`` and ``podman`` executors.
+
+One container per job, hardened by default (every setting below is checked by the X1 audit in
+``tests/test_container_security.py``):
+
+- the image's non-root user (``user``, default ``1000:1000``), all capabilities dropped,
+  ``no-new-privileges``, the engine's default seccomp profile (or ``seccomp_profile``);
+- a read-only root file system; ``/tmp`` and the work dir ``/work`` are size-capped
+  ``noexec,nosuid,nodev`` tmpfs mounts; the script is the only host path, mounted read-only
+  at ``/cronium/job``;
+- memory (no swap), CPU and PID limits, an open-files limit; no devices, no engine socket;
+- its own *job network*: internal (no route out of the machine) and with no address of the
+  host on it, so the job cannot reach the host's services, the database, or another job's
+  network. The only other member is the *relay* (:mod:`cronium_executors._relay`), which
+  forwards to the runtime API and nothing else; the job reaches it as ``http://runtime:8080``
+  (an ``/etc/hosts`` entry, so no DNS is needed). ``network: "none"`` gives the job no network
+  at all (and so no runtime API); ``network: "egress"`` gives it a network with a route out.
+
+Job networks are made ahead of time (a small pool, each with the relay already connected) and
+used once; after the job they are removed in the background. Every container and network
+carries ``io.cronium.*`` labels naming the worker process that owns it; at start and then
+periodically the executor removes what a dead worker on this host left behind (the jobs
+themselves are re-run by the queue when their lease expires).
+
+Engine calls are blocking (the docker SDK and podman-py both sit on ``requests``): they run in
+worker threads, never on the event loop. The engine-specific part is a :class:`Backend`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import logging
+import os
+import random
+import re
+import secrets
+import shutil
+import socket
+import struct
+import tempfile
+import urllib.parse
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import IO, Any, Protocol, TypeVar
+
+import anyio
+import anyio.from_thread
+import anyio.to_thread
+import attrs
+from anyio.abc import TaskGroup
+
+from cronium_core.errors import ValidationError
+from cronium_core.events import Action, Script
+from cronium_core.executors import ExecutionRequest, Executor, LogSink, Outcome
+from cronium_core.jobs import Stream
+
+from ._lines import LineSplitter
+from ._process import signal_name
+
+__all__ = [
+    "Backend",
+    "ContainerExecutor",
+    "ContainerSettings",
+    "ContainerSpec",
+    "ContainerState",
+    "EngineError",
+    "JobOptions",
+    "NetworkSpec",
+    "parse_size",
+]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+LABEL = "io.cronium"
+KIND = f"{LABEL}.kind"
+OWNER = f"{LABEL}.owner"
+EXECUTION = f"{LABEL}.execution-id"
+ATTEMPT = f"{LABEL}.attempt"
+
+#: where the script is mounted (read-only) and the work dir (tmpfs) inside a job container
+SCRIPT_DIR = "/cronium/job"
+WORK_DIR = "/work"
+RELAY_PORT = 8080
+RUNTIME_URL = f"http://runtime:{RELAY_PORT}"
+
+_SUFFIXES = {"bash": ".sh", "python": ".py", "node": ".js"}
+#: each engine its own pool of job subnets (one host may run both)
+_DEFAULT_POOLS = {"docker": "10.213.0.0/16", "podman": "10.214.0.0/16"}
+_BASH_SDK = "/usr/local/lib/cronium/cronium.sh"
+_NODE_GLOBAL = "/node_modules/cronium/global.js"
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
+_IMAGE = re.compile(r"^[a-z0-9][a-z0-9._/:@-]{0,254}$")
+#: the runtime's minimal environment; the request's env comes on top
+_BASE_ENV = {
+    "PATH": "/usr/local/bin:/usr/bin:/bin",
+    "HOME": WORK_DIR,
+    "TMPDIR": "/tmp",
+    "LANG": "C.UTF-8",
+    "PYTHONUNBUFFERED": "1",
+}
+
+
+class EngineError(Exception):
+    """The container engine refused or failed a call."""
+
+
+def parse_size(value: object, field: str) -> int:
+    """``"256m"``, ``"1g"``, ``"64MiB"`` or a number of bytes -> bytes."""
+    if isinstance(value, bool):
+        raise ValidationError(field, "must be a size like '256m'")
+    if isinstance(value, int):
+        size = value
+    elif isinstance(value, str) and (match := _SIZE.match(value)):
+        number, unit = match.groups()
+        size = int(float(number) * 1024 ** "bkmgt".index(unit.lower() or "b"))
+    else:
+        raise ValidationError(field, "must be a size like '256m'")
+    if size <= 0:
+        raise ValidationError(field, "must be positive")
+    return size
+
+
+def _check_image(image: object, field: str) -> str:
+    # an image reference never reaches a shell, but "--privileged" must not look like one
+    if not isinstance(image, str) or not _IMAGE.match(image):
+        raise ValidationError(field, "must be an image reference like 'cronium-python:latest'")
+    return image
+
+
+@attrs.frozen(kw_only=True)
+class JobOptions:
+    """What an event may choose (``Event.executor_options``), checked at run time."""
+
+    image: str | None = None
+    memory: int = 256 * 1024**2
+    cpus: float = 1.0
+    pids: int = 256
+    #: ``isolated`` (default): a job network whose only other member is the runtime relay;
+    #: ``none``: no network at all; ``egress``: a network with a route out (opt-in)
+    network: str = "isolated"
+    tmp_size: int = 64 * 1024**2
+
+    @classmethod
+    def parse(cls, options: Mapping[str, Any], limits: JobOptions) -> JobOptions:
+        """Check an event's options against the executor's limits; defaults are capped by
+        the limits too."""
+        known = {"image", "memory", "cpus", "pids", "network", "tmp_size"}
+        for key in options:
+            if key not in known:
+                raise ValidationError(
+                    f"executor_options.{key}",
+                    f"is not an option (known: {', '.join(sorted(known))})",
+                )
+        defaults = cls()
+        values: dict[str, Any] = {
+            "memory": min(defaults.memory, limits.memory),
+            "cpus": min(defaults.cpus, limits.cpus),
+            "pids": min(defaults.pids, limits.pids),
+            "tmp_size": min(defaults.tmp_size, limits.tmp_size),
+        }
+        if "image" in options:
+            values["image"] = _check_image(options["image"], "executor_options.image")
+        for key in ("memory", "tmp_size"):
+            if key in options:
+                size = parse_size(options[key], f"executor_options.{key}")
+                if size > getattr(limits, key):
+                    raise ValidationError(
+                        f"executor_options.{key}", f"may be at most {getattr(limits, key)} bytes"
+                    )
+                values[key] = size
+        if "cpus" in options:
+            cpus = options["cpus"]
+            if isinstance(cpus, bool) or not isinstance(cpus, int | float):
+                raise ValidationError("executor_options.cpus", "must be a number")
+            if not 0 < cpus <= limits.cpus:
+                raise ValidationError("executor_options.cpus", f"must be in (0, {limits.cpus}]")
+            values["cpus"] = float(cpus)
+        if "pids" in options:
+            pids = options["pids"]
+            if isinstance(pids, bool) or not isinstance(pids, int) or not 8 <= pids <= limits.pids:
+                raise ValidationError("executor_options.pids", f"must be in [8, {limits.pids}]")
+            values["pids"] = pids
+        if "network" in options:
+            if options["network"] not in ("isolated", "none", "egress"):
+                raise ValidationError(
+                    "executor_options.network", "must be 'isolated', 'none' or 'egress'"
+                )
+            values["network"] = options["network"]
+        return cls(**values)
+
+
+def _default_images() -> dict[str, str]:
+    return {language: f"cronium-{language}:latest" for language in _SUFFIXES}
+
+
+@attrs.frozen(kw_only=True)
+class ContainerSettings:
+    """The executor's configuration (``executor_config["docker"]`` and the like)."""
+
+    #: the engine's API address (docker: ``unix:///var/run/docker.sock``; podman:
+    #: ``unix:///run/podman/podman.sock``); empty: the engine's usual default
+    url: str = ""
+    #: the image per script language
+    images: Mapping[str, str] = attrs.field(factory=_default_images)
+    #: the image the relay runs in (it needs ``python3`` and ``/usr/local/bin/cronium-relay``)
+    relay_image: str = "cronium-base:latest"
+    user: str = "1000:1000"
+    #: the most an event may ask for; also the defaults' ceiling
+    limits: JobOptions = attrs.field(
+        factory=lambda: JobOptions(memory=2 * 1024**3, cpus=2.0, pids=1024, tmp_size=1024**3)
+    )
+    work_size: int = 64 * 1024**2
+    nofile: int = 1024
+    #: processes of the job's uid *on the host* (shared by every job container running as
+    #: that uid); the per-job cap is the PID limit
+    nproc: int = 4096
+    #: a seccomp profile (JSON file) instead of the engine's default one
+    seccomp_profile: str | None = None
+    #: job networks are /28 subnets of this pool (not used by anything else on the host)
+    subnet_pool: str = "10.213.0.0/16"
+    #: the network from which the relay reaches the runtime API (created when missing)
+    control_network: str = "cronium-control"
+    #: job networks kept ready (relay connected)
+    network_pool: int = 2
+    #: host directory for the scripts (bind-mounted read-only into the jobs)
+    script_root: str = attrs.field(factory=tempfile.gettempdir)
+    #: bytes of output kept per job; the rest is dropped after a marker line
+    max_log_bytes: int = 16 * 1024**2
+    #: seconds between sweeps for what dead workers left behind
+    reap_interval: float = 30.0
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any], *, engine: str) -> ContainerSettings:
+        values = dict(config)
+        simple: dict[str, type | tuple[type, ...]] = {
+            "url": str,
+            "relay_image": str,
+            "user": str,
+            "seccomp_profile": str,
+            "subnet_pool": str,
+            "control_network": str,
+            "network_pool": int,
+            "script_root": str,
+            "max_log_bytes": int,
+            "reap_interval": (int, float),
+            "nofile": int,
+            "nproc": int,
+        }
+        out: dict[str, Any] = {}
+        for key, value in values.items():
+            field = f"executors.{engine}.{key}"
+            if key in simple:
+                if not isinstance(value, simple[key]) or isinstance(value, bool):
+                    raise ValidationError(field, "has the wrong type")
+                out[key] = value
+            elif key == "images":
+                if not isinstance(value, Mapping):
+                    raise ValidationError(field, "must map languages to images")
+                images = _default_images()
+                for language, image in value.items():
+                    if language not in images:
+                        raise ValidationError(field, f"{language!r} is not a script language")
+                    images[language] = _check_image(image, f"{field}.{language}")
+                out["images"] = images
+            elif key == "limits":
+                if not isinstance(value, Mapping):
+                    raise ValidationError(field, "must be a mapping")
+                out["limits"] = _limits(value, field)
+            elif key == "work_size":
+                out["work_size"] = parse_size(value, field)
+            else:
+                raise ValidationError(field, "is not a setting of it")
+        out.setdefault("subnet_pool", _DEFAULT_POOLS.get(engine, cls.subnet_pool))
+        settings = cls(**out)
+        _check_image(settings.relay_image, f"executors.{engine}.relay_image")
+        try:
+            pool = ipaddress.ip_network(settings.subnet_pool)
+        except ValueError as exc:
+            raise ValidationError(f"executors.{engine}.subnet_pool", str(exc)) from None
+        if pool.version != 4 or pool.prefixlen > 24:
+            raise ValidationError(f"executors.{engine}.subnet_pool", "must be IPv4, /24 or larger")
+        if not re.fullmatch(r"\d+(:\d+)?", settings.user) or settings.user.split(":")[0] == "0":
+            raise ValidationError(f"executors.{engine}.user", "must be a non-root uid[:gid]")
+        return settings
+
+
+def _limits(value: Mapping[str, Any], field: str) -> JobOptions:
+    out: dict[str, Any] = {}
+    for key, item in value.items():
+        if key in ("memory", "tmp_size"):
+            out[key] = parse_size(item, f"{field}.{key}")
+        elif key in ("cpus", "pids"):
+            if isinstance(item, bool) or not isinstance(item, int | float) or item <= 0:
+                raise ValidationError(f"{field}.{key}", "must be positive")
+            out[key] = float(item) if key == "cpus" else int(item)
+        else:
+            raise ValidationError(f"{field}.{key}", "is not a limit")
+    return JobOptions(**out)
+
+
+@attrs.frozen(kw_only=True)
+class NetworkSpec:
+    name: str
+    subnet: str
+    internal: bool
+    labels: Mapping[str, str]
+
+
+@attrs.frozen(kw_only=True)
+class ContainerSpec:
+    """A container, in terms both engines understand."""
+
+    name: str
+    image: str
+    command: Sequence[str]
+    env: Mapping[str, str]
+    labels: Mapping[str, str]
+    user: str
+    workdir: str = WORK_DIR
+    #: network name, or None for no network at all
+    network: str | None = None
+    hosts: Mapping[str, str] = attrs.field(factory=dict)
+    memory: int = 256 * 1024**2
+    nano_cpus: int = 1_000_000_000
+    pids: int = 256
+    nofile: int = 1024
+    nproc: int = 4096
+    #: mount point -> size in bytes (mounted rw,noexec,nosuid,nodev)
+    tmpfs: Mapping[str, int] = attrs.field(factory=dict)
+    #: (host path, container path), mounted read-only
+    binds: Sequence[tuple[str, str]] = ()
+    read_only: bool = True
+    seccomp_profile: str | None = None
+    #: hardening off: only for the relay, which needs none of it relaxed anyway
+    hardened: bool = True
+
+
+@attrs.frozen(kw_only=True)
+class ContainerState:
+    running: bool
+    exit_code: int | None
+    oom_killed: bool
+    error: str = ""
+
+
+class Backend(Protocol):
+    """The engine-specific calls. All blocking; the executor runs them in threads."""
+
+    engine: str
+
+    def ping(self) -> None: ...
+    def runtime_version(self) -> str: ...
+    def close(self) -> None: ...
+    def image_exists(self, image: str) -> bool: ...
+    def network_create(self, spec: NetworkSpec) -> None: ...
+    def network_gateway(self, name: str) -> str | None: ...
+    def network_connect(self, network: str, container: str) -> str: ...
+    def network_disconnect(self, network: str, container: str) -> None: ...
+    def network_remove(self, name: str) -> None: ...
+    def networks(self, label: str) -> list[tuple[str, dict[str, str]]]: ...
+    def container_create(self, spec: ContainerSpec) -> str: ...
+    def container_start(self, cid: str) -> None: ...
+    def container_logs(self, cid: str) -> IO[bytes]: ...
+    def container_wait(self, cid: str) -> None: ...
+    def container_state(self, cid: str) -> ContainerState: ...
+    def container_stop(self, cid: str, timeout: float) -> None: ...
+    def container_remove(self, cid: str) -> None: ...
+    def container_inspect(self, cid: str) -> dict[str, Any]: ...
+    def containers(self, label: str) -> list[tuple[str, dict[str, str]]]: ...
+
+
+def read_frames(raw: IO[bytes]) -> Iterator[tuple[int, bytes]]:
+    """The engines' multiplexed log stream: 8-byte headers (stream, 0, 0, 0, big-endian
+    length) each followed by that many bytes. Yields ``(1 | 2, data)``."""
+    while True:
+        header = _read_exactly(raw, 8)
+        if len(header) < 8:
+            return
+        stream, length = struct.unpack(">BxxxL", header)
+        data = _read_exactly(raw, length)
+        if data:
+            yield stream, data
+        if len(data) < length:
+            return
+
+
+def _read_exactly(raw: IO[bytes], size: int) -> bytes:
+    parts: list[bytes] = []
+    while size > 0:
+        chunk = raw.read(size)
+        if not chunk:
+            break
+        parts.append(chunk)
+        size -= len(chunk)
+    return b"".join(parts)
+
+
+def process_owner(pid: int | None = None) -> str:
+    """``host:pid:start`` naming a process on this host for as long as it lives (the start
+    time tells a recycled pid apart)."""
+    pid = os.getpid() if pid is None else pid
+    return f"{socket.gethostname()}:{pid}:{_start_time(pid)}"
+
+
+def _start_time(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            fields = stat.read().rsplit(b")", 1)[1].split()
+        return fields[19].decode()
+    except (OSError, IndexError):
+        return "?"
+
+
+def owner_is_dead(owner: str) -> bool:
+    """Whether the process an owner label names is gone. Owners on other hosts are alive
+    as far as this host can tell."""
+    host, _, rest = owner.partition(":")
+    pid_text, _, start = rest.partition(":")
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return False
+    return _start_time(int(pid_text)) != start
+
+
+@attrs.define
+class _JobNetwork:
+    name: str
+    subnet: str
+    relay_ip: str | None
+
+
+class ContainerExecutor(Executor):
+    """Runs scripts in per-job containers. Subclasses supply :meth:`make_backend`."""
+
+    engine = "container"
+    #: needs a container engine: started only when named (``Cronium(executors=[...])``)
+    enabled_by_default = False
+
+    def __init__(self, config: Mapping[str, Any]) -> None:
+        self.name = self.engine
+        self.settings = ContainerSettings.from_config(config, engine=self.engine)
+        self.owner = process_owner()
+        self._prefix = f"cronium-{secrets.token_hex(3)}"
+        self._backend: Backend | None = None
+        # blocking calls that may last as long as a job (logs, wait) get threads of their own
+        self._long_calls = anyio.CapacityLimiter(1024)
+        self._calls = anyio.CapacityLimiter(32)
+        self._tg: TaskGroup | None = None
+        self._gateway: str | None = None
+        self._relay: str | None = None
+        self._relay_target: tuple[str, int] | None = None
+        self._relay_lock = anyio.Lock()
+        self._pool: list[_JobNetwork] = []
+        self._pool_wanted = anyio.Event()
+        self._subnets_used: set[str] = set()
+        self._cleanups = 0
+        self._cleanups_done = anyio.Condition()
+        self._seccomp: str | None = None
+
+    # -- engine -----------------------------------------------------------------------------
+
+    def make_backend(self) -> Backend:
+        raise NotImplementedError
+
+    @property
+    def backend(self) -> Backend:
+        if self._backend is None:
+            raise RuntimeError(f"the {self.engine} executor is not started")
+        return self._backend
+
+    async def _call(self, fn: Callable[..., T], *args: Any, long: bool = False) -> T:
+        limiter = self._long_calls if long else self._calls
+        return await anyio.to_thread.run_sync(lambda: fn(*args), limiter=limiter)
+
+    async def start(self, exit_stack: AsyncExitStack) -> None:
+        self._backend = await anyio.to_thread.run_sync(self.make_backend)
+        exit_stack.callback(self._backend.close)
+        await self._call(self.backend.ping)
+        log.info(
+            "%s executor: OCI runtime %s",
+            self.engine,
+            await self._call(self.backend.runtime_version),
+        )
+        if self.settings.seccomp_profile:
+            # the path, as the engine sees it (docker's API wants the profile itself: the
+            # docker backend reads it)
+            profile = Path(self.settings.seccomp_profile)
+            if not profile.is_file():
+                raise EngineError(f"seccomp profile {profile} is not a file")
+            self._seccomp = str(profile)
+        await self.reap()
+        self._gateway = await self._ensure_control_network()
+        self._tg = await exit_stack.enter_async_context(anyio.create_task_group())
+        exit_stack.push_async_callback(self._shutdown)
+        self._tg.start_soon(self._reap_periodically)
+
+    def runtime_hosts(self) -> Sequence[str]:
+        return [self._gateway] if self._gateway else []
+
+    async def runtime_started(self, url: str) -> None:
+        """The runtime API listens at ``url`` (and on :meth:`runtime_hosts`): start the relay
+        towards it and fill the network pool."""
+        parsed = urllib.parse.urlsplit(url)
+        if parsed.port is None or self._gateway is None:
+            return
+        self._relay_target = (self._gateway, parsed.port)
+        assert self._tg is not None
+        self._tg.start_soon(self._keep_pool)
+
+    async def _shutdown(self) -> None:
+        with anyio.CancelScope(shield=True):
+            assert self._tg is not None
+            self._tg.cancel_scope.cancel()
+            with anyio.move_on_after(30):
+                async with self._cleanups_done:
+                    while self._cleanups:
+                        await self._cleanups_done.wait()
+            pool, self._pool = self._pool, []
+            for network in pool:
+                await self._drop_network(network)
+            if self._relay is not None:
+                with contextlib.suppress(EngineError):
+                    await self._call(self.backend.container_remove, self._relay)
+                self._relay = None
+
+    async def _ensure_control_network(self) -> str:
+        name = self.settings.control_network
+        gateway = await self._call(self.backend.network_gateway, name)
+        if gateway is None:
+            with contextlib.suppress(EngineError):  # another worker may be making it too
+                await self._call(
+                    self.backend.network_create,
+                    NetworkSpec(name=name, subnet="", internal=False, labels={KIND: "control"}),
+                )
+            gateway = await self._call(self.backend.network_gateway, name)
+        if gateway is None:
+            raise EngineError(f"the {self.engine} network {name!r} has no gateway address")
+        return gateway
+
+    # -- reaping ----------------------------------------------------------------------------
+
+    async def reap(self) -> tuple[int, int]:
+        """Remove the containers and networks of dead workers on this host; returns how many
+        of each were removed."""
+        containers = 0
+        for cid, labels in await self._call(self.backend.containers, KIND):
+            if labels.get(KIND) in ("job", "relay") and owner_is_dead(labels.get(OWNER, "")):
+                log.warning("removing container %s left by %s", cid[:12], labels.get(OWNER))
+                with contextlib.suppress(EngineError):
+                    await self._call(self.backend.container_remove, cid)
+                    containers += 1
+        networks = 0
+        for name, labels in await self._call(self.backend.networks, KIND):
+            if labels.get(KIND) == "job" and owner_is_dead(labels.get(OWNER, "")):
+                log.warning("removing network %s left by %s", name, labels.get(OWNER))
+                with contextlib.suppress(EngineError):
+                    await self._call(self.backend.network_remove, name)
+                    networks += 1
+        return containers, networks
+
+    async def _reap_periodically(self) -> None:
+        while True:
+            await anyio.sleep(self.settings.reap_interval)
+            try:
+                await self.reap()
+            except EngineError as exc:
+                log.warning("%s reaper: %s", self.engine, exc)
+
+    # -- networks ---------------------------------------------------------------------------
+
+    async def _ensure_relay(self) -> str:
+        async with self._relay_lock:
+            if self._relay is not None:
+                return self._relay
+            if self._relay_target is None:
+                raise EngineError("the runtime API is not served to container jobs")
+            host, port = self._relay_target
+            spec = ContainerSpec(
+                name=f"{self._prefix}-relay",
+                image=self.settings.relay_image,
+                command=["python3", "/usr/local/bin/cronium-relay", "--target", f"{host}:{port}"],
+                env={},
+                labels={KIND: "relay", OWNER: self.owner},
+                user=self.settings.user,
+                network=self.settings.control_network,
+                memory=128 * 1024**2,
+                nano_cpus=1_000_000_000,
+                pids=64,
+                tmpfs={"/tmp": 1024**2},
+                seccomp_profile=self._seccomp,
+            )
+            cid = await self._call(self.backend.container_create, spec)
+            try:
+                await self._call(self.backend.container_start, cid)
+            except BaseException:
+                with anyio.CancelScope(shield=True), contextlib.suppress(EngineError):
+                    await self._call(self.backend.container_remove, cid)
+                raise
+            self._relay = cid
+            return cid
+
+    def _pick_subnet(self) -> str:
+        pool = ipaddress.ip_network(self.settings.subnet_pool)
+        count = 2 ** (28 - pool.prefixlen)
+        for _ in range(64):
+            index = random.randrange(count)
+            subnet = str(ipaddress.ip_network((int(pool.network_address) + 16 * index, 28)))
+            if subnet not in self._subnets_used:
+                return subnet
+        raise EngineError(f"no free /28 left in {self.settings.subnet_pool}")
+
+    async def _make_network(self, *, internal: bool, execution: str = "") -> _JobNetwork:
+        labels = {KIND: "job", OWNER: self.owner}
+        if execution:
+            labels[EXECUTION] = execution
+        last: EngineError | None = None
+        for _ in range(8):
+            subnet = self._pick_subnet()
+            name = f"{self._prefix}-net-{secrets.token_hex(4)}"
+            self._subnets_used.add(subnet)
+            try:
+                await self._call(
+                    self.backend.network_create,
+                    NetworkSpec(name=name, subnet=subnet, internal=internal, labels=labels),
+                )
+            except EngineError as exc:  # most likely a subnet another process took
+                self._subnets_used.discard(subnet)
+                last = exc
+                continue
+            network = _JobNetwork(name=name, subnet=subnet, relay_ip=None)
+            try:
+                if self._relay_target is not None:
+                    relay = await self._ensure_relay()
+                    network.relay_ip = await self._call(self.backend.network_connect, name, relay)
+            except BaseException:
+                with anyio.CancelScope(shield=True):
+                    await self._drop_network(network)
+                raise
+            return network
+        raise EngineError(f"cannot make a job network: {last}")
+
+    async def _drop_network(self, network: _JobNetwork) -> None:
+        try:
+            if network.relay_ip is not None and self._relay is not None:
+                with contextlib.suppress(EngineError):
+                    await self._call(self.backend.network_disconnect, network.name, self._relay)
+            await self._call(self.backend.network_remove, network.name)
+        except EngineError as exc:
+            log.warning("cannot remove network %s (the reaper will): %s", network.name, exc)
+        finally:
+            self._subnets_used.discard(network.subnet)
+
+    async def _keep_pool(self) -> None:
+        while True:
+            while len(self._pool) < self.settings.network_pool:
+                try:
+                    self._pool.append(await self._make_network(internal=True))
+                except EngineError as exc:
+                    log.warning("%s: cannot prepare a job network: %s", self.engine, exc)
+                    await anyio.sleep(5)
+            self._pool_wanted = anyio.Event()
+            await self._pool_wanted.wait()
+
+    async def _take_network(
+        self, options: JobOptions, request: ExecutionRequest
+    ) -> _JobNetwork | None:
+        if options.network == "none":
+            return None
+        if options.network == "isolated" and self._pool:
+            network = self._pool.pop()
+            self._pool_wanted.set()
+            return network
+        return await self._make_network(
+            internal=options.network != "egress", execution=request.job_id
+        )
+
+    def _later(self, cleanup: Callable[[], Any]) -> None:
+        """Run ``cleanup`` (a coroutine function) in the background; shutdown waits for it."""
+        assert self._tg is not None
+        self._cleanups += 1
+
+        async def run() -> None:
+            try:
+                with anyio.CancelScope(shield=True):
+                    await cleanup()
+            finally:
+                async with self._cleanups_done:
+                    self._cleanups -= 1
+                    self._cleanups_done.notify_all()
+
+        self._tg.start_soon(run)
+
+    # -- jobs -------------------------------------------------------------------------------
+
+    def can_run(self, action: Action) -> bool:
+        return isinstance(action, Script)
+
+    def _command(self, script: Script) -> list[str]:
+        path = f"{SCRIPT_DIR}/script{_SUFFIXES[script.language]}"
+        if script.language == "python":
+            return ["python3", path]
+        if script.language == "node":
+            return ["node", "--require", _NODE_GLOBAL, path]
+        return ["bash", "-c", f'. {_BASH_SDK} || exit 1; . "$0"', path]
+
+    def container_spec(
+        self,
+        request: ExecutionRequest,
+        options: JobOptions,
+        script_dir: str,
+        network: _JobNetwork | None,
+    ) -> ContainerSpec:
+        script = request.action
+        assert isinstance(script, Script)
+        env = {**_BASE_ENV, **request.env}
+        hosts: dict[str, str] = {}
+        if network is not None and network.relay_ip is not None:
+            env["CRONIUM_RUNTIME_API"] = RUNTIME_URL
+            hosts["runtime"] = network.relay_ip
+        else:
+            env.pop("CRONIUM_RUNTIME_API", None)
+        return ContainerSpec(
+            name=f"{self._prefix}-job-{secrets.token_hex(4)}",
+            image=options.image or self.settings.images[script.language],
+            command=self._command(script),
+            env=env,
+            labels={
+                KIND: "job",
+                OWNER: self.owner,
+                EXECUTION: request.job_id,
+                ATTEMPT: str(request.attempt),
+            },
+            user=self.settings.user,
+            network=network.name if network is not None else None,
+            hosts=hosts,
+            memory=options.memory,
+            nano_cpus=int(options.cpus * 1e9),
+            pids=options.pids,
+            nofile=self.settings.nofile,
+            nproc=self.settings.nproc,
+            tmpfs={"/tmp": options.tmp_size, WORK_DIR: self.settings.work_size},
+            binds=[(script_dir, SCRIPT_DIR)],
+            seccomp_profile=self._seccomp,
+        )
+
+    def _write_script(self, script: Script) -> str:
+        directory = tempfile.mkdtemp(prefix="cronium-ctr-", dir=self.settings.script_root)
+        os.chmod(directory, 0o711)  # the container's user may read the script, not list others
+        path = Path(directory, f"script{_SUFFIXES[script.language]}")
+        path.write_text(script.code, encoding="utf-8")
+        path.chmod(0o644)
+        return directory
+
+    async def execute(self, request: ExecutionRequest, emit: LogSink) -> Outcome:
+        script = request.action
+        if not isinstance(script, Script):
+            return Outcome(exit_code=None, error=f"the {self.engine} executor runs scripts only")
+        try:
+            options = JobOptions.parse(request.options, self.settings.limits)
+        except ValidationError as exc:
+            await emit(Stream.SYSTEM, str(exc))
+            return Outcome(exit_code=None, error=str(exc))
+        script_dir = await anyio.to_thread.run_sync(self._write_script, script)
+        network: _JobNetwork | None = None
+        cid: str | None = None
+        try:
+            try:
+                network = await self._take_network(options, request)
+                spec = self.container_spec(request, options, script_dir, network)
+                cid = await self._call(self.backend.container_create, spec)
+            except EngineError as exc:
+                error = f"cannot create the container: {exc}"
+                await emit(Stream.SYSTEM, error)
+                return Outcome(exit_code=None, error=error)
+            return await self._run(cid, request, emit)
+        finally:
+            self._later(lambda: self._cleanup(cid, network, script_dir, request.kill_grace))
+
+    async def _run(self, cid: str, request: ExecutionRequest, emit: LogSink) -> Outcome:
+        try:
+            # the engine keeps what the job writes: following from the start loses nothing
+            await self._call(self.backend.container_start, cid)
+            logs = await self._call(self.backend.container_logs, cid)
+        except EngineError as exc:
+            error = f"cannot start the container: {exc}"
+            await emit(Stream.SYSTEM, error)
+            return Outcome(exit_code=None, error=error)
+        try:
+            await self._pump(logs, emit)
+            await self._call(self.backend.container_wait, cid, long=True)
+        except BaseException:
+            # cancelled (timeout, cancel, worker stop): SIGTERM, then SIGKILL after the grace
+            with anyio.CancelScope(shield=True):
+                with contextlib.suppress(EngineError):
+                    await self._call(self.backend.container_stop, cid, request.kill_grace)
+            raise
+        finally:
+            with contextlib.suppress(Exception):
+                logs.close()
+        state = await self._call(self.backend.container_state, cid)
+        return _outcome(state)
+
+    async def _pump(self, logs: IO[bytes], emit: LogSink) -> None:
+        """Read the log stream in a thread and emit its lines, in order, on the loop."""
+        send, receive = anyio.create_memory_object_stream[tuple[int, bytes] | None](64)
+        splitters = {1: LineSplitter(), 2: LineSplitter()}
+        streams = {1: Stream.STDOUT, 2: Stream.STDERR}
+        budget = self.settings.max_log_bytes
+        dropped = 0
+
+        def read() -> None:
+            try:
+                for frame in read_frames(logs):
+                    anyio.from_thread.run(send.send, frame)
+            except Exception:
+                pass
+            finally:
+                with contextlib.suppress(Exception):
+                    anyio.from_thread.run_sync(send.close)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(
+                lambda: anyio.to_thread.run_sync(
+                    read, limiter=self._long_calls, abandon_on_cancel=True
+                )
+            )
+            async with receive:
+                async for number, data in receive:
+                    stream = streams.get(number, Stream.STDOUT)
+                    splitter = splitters.get(number, splitters[1])
+                    for line in splitter.feed(data):
+                        if budget <= 0:
+                            dropped += len(line) + 1
+                            continue
+                        budget -= len(line.encode()) + 1
+                        await emit(stream, line)
+                        if budget <= 0:
+                            await emit(
+                                Stream.SYSTEM,
+                                f"output truncated: the job wrote more than {self.settings.max_log_bytes} bytes",
+                            )
+            for number, splitter in splitters.items():
+                for line in splitter.finish():
+                    if budget > 0:
+                        await emit(streams[number], line)
+        if dropped:
+            log.info("dropped %d bytes of output over the cap", dropped)
+
+    async def _cleanup(
+        self, cid: str | None, network: _JobNetwork | None, script_dir: str, grace: float
+    ) -> None:
+        if cid is not None:
+            try:
+                await self._call(self.backend.container_remove, cid)
+            except EngineError as exc:
+                log.warning("cannot remove container %s (the reaper will): %s", cid[:12], exc)
+        if network is not None:
+            await self._drop_network(network)
+        await anyio.to_thread.run_sync(shutil.rmtree, script_dir, True)
+
+
+def _outcome(state: ContainerState) -> Outcome:
+    if state.oom_killed:
+        return Outcome(exit_code=state.exit_code or 137, error="out of memory")
+    if state.exit_code is None:
+        return Outcome(
+            exit_code=None, error=state.error or "the container ended without an exit code"
+        )
+    if state.exit_code > 128:
+        return Outcome(
+            exit_code=state.exit_code,
+            error=f"killed by signal {signal_name(state.exit_code - 128)}",
+        )
+    return Outcome(exit_code=state.exit_code)
