@@ -1,4 +1,5 @@
-"""Issue 3's end-to-end check, in each language: a real script run by the local executor
+"""Issue 3's end-to-end check, in each language: a real script run by the local executor (and,
+unchanged, by the docker and podman executors in hardened containers)
 reads its input, reads and writes variables (a secret one too), reads its context, calls the
 webhook tool (a local recording server stands in for the outside service), sets the
 condition that routes its workflow, and writes an output that the next node receives. The
@@ -30,6 +31,7 @@ from cronium_core import (
     Workflow,
 )
 from cronium_runtime.server import serve
+from tests.containers import container_cronium, engine_params, require
 
 pytestmark = pytest.mark.anyio
 SECRET = "hunter2-very-secret"
@@ -105,14 +107,28 @@ async def hooks() -> AsyncIterator[Hooks]:
         tg.cancel_scope.cancel()
 
 
+@pytest.fixture(params=["local", *engine_params])
+def executor(request: pytest.FixtureRequest) -> str:
+    name: str = request.param
+    if name != "local":
+        require(name)
+    return name
+
+
 @pytest.fixture
-async def cr(db_url: str) -> AsyncIterator[Cronium]:
-    async with Cronium(db_url, executors=["local"], scheduler=False, poll_interval=0.2) as cr:
-        yield cr
+async def cr(db_url: str, executor: str) -> AsyncIterator[Cronium]:
+    if executor == "local":
+        async with Cronium(db_url, executors=["local"], scheduler=False, poll_interval=0.2) as cr:
+            yield cr
+    else:
+        async with container_cronium(db_url, executor) as cr:
+            yield cr
 
 
 @pytest.mark.parametrize("language", ["python", "node", "bash"])
-async def test_script_uses_every_runtime_helper(cr: Cronium, hooks: Hooks, language: str) -> None:
+async def test_script_uses_every_runtime_helper(
+    cr: Cronium, hooks: Hooks, language: str, executor: str
+) -> None:
     owner = f"user-{language}"
     await cr.variables.set(owner, "api_token", SECRET, secret=True)
     await cr.variables.set(owner, "runs", 41)
@@ -121,6 +137,7 @@ async def test_script_uses_every_runtime_helper(cr: Cronium, hooks: Hooks, langu
             name=f"step-{language}",
             owner=owner,
             action=Script(language=language, code=SCRIPTS[language]),  # type: ignore[arg-type]
+            executor=executor,
         )
     )
     downstream = await cr.events.add(
@@ -131,6 +148,7 @@ async def test_script_uses_every_runtime_helper(cr: Cronium, hooks: Hooks, langu
                 language="python",
                 code="import cronium\ncronium.output({'got': cronium.input()})\n",
             ),
+            executor=executor,
         )
     )
     wf = await cr.workflows.add(

@@ -3,7 +3,8 @@
 ::
 
     cronium serve [--demo]           everything in one process (SQLite + local executor)
-    cronium worker                   claim and run jobs (many may run, on many machines)
+    cronium worker [--executors local,docker] [--executor-config JSON]
+                                     claim and run jobs (many may run, on many machines)
     cronium scheduler                turn schedules into jobs (several may run)
     cronium db upgrade|check         schema migrations
     cronium event add|list|show|remove|pause|resume
@@ -55,6 +56,26 @@ def _db(args: argparse.Namespace) -> str:
     return str(args.db or os.environ.get("CRONIUM_DATABASE_URL") or DEFAULT_DB)
 
 
+def _executor_config(args: argparse.Namespace) -> dict[str, Any]:
+    """``--executor-config`` (JSON, or @FILE) or ``$CRONIUM_EXECUTOR_CONFIG``: settings per
+    executor, e.g. ``{"docker": {"images": {"python": "cronium-python:1.0"}}}``."""
+    import os
+
+    raw = args.executor_config or os.environ.get("CRONIUM_EXECUTOR_CONFIG")
+    if not raw:
+        return {}
+    config = _json_arg(raw)
+    if not isinstance(config, dict) or not all(isinstance(v, dict) for v in config.values()):
+        raise SystemExit(
+            "--executor-config must be a JSON object of objects: {name: {setting: value}}"
+        )
+    return config
+
+
+def _executors(args: argparse.Namespace) -> list[str] | None:
+    return args.executors.split(",") if args.executors else None
+
+
 def _json_arg(value: str | None) -> Any:
     if value is None:
         return None
@@ -98,7 +119,12 @@ def print_run(run: WorkflowRun, names: dict[str, str] | None = None) -> None:
 async def _serve(args: argparse.Namespace) -> int:
     from . import demo
 
-    async with Cronium(_db(args), max_jobs=args.max_jobs) as cr:
+    async with Cronium(
+        _db(args),
+        max_jobs=args.max_jobs,
+        executors=_executors(args),
+        executor_config=_executor_config(args),
+    ) as cr:
         names = {r.event.id: r.event.name for r in await cr.events.list()}
         print(
             f"cronium: serving {_db(args)} with executors {', '.join(cr.executors)}; Ctrl-C stops",
@@ -147,13 +173,13 @@ async def _report_finished(cr: Cronium, names: dict[str, str]) -> None:
 
 
 async def _worker(args: argparse.Namespace) -> int:
-    executors = args.executors.split(",") if args.executors else None
     async with Cronium(
         _db(args),
         scheduler=False,
         max_jobs=args.max_jobs,
         lease_seconds=args.lease,
-        executors=executors,
+        executors=_executors(args),
+        executor_config=_executor_config(args),
         upgrade=False,
         worker_id=args.id,
         reap_interval=args.reap_interval,
@@ -249,12 +275,14 @@ async def _event_cmd(args: argparse.Namespace) -> int:
                     code = await anyio.Path(code[1:]).read_text()
                 action = Script(language=args.language, code=code)
             env = dict(item.split("=", 1) for item in args.env or [])
+            options = dict(_option(item) for item in args.option or [])
             event = await cr.events.add(
                 Event(
                     name=args.name,
                     action=action,
                     schedule=_schedule(args),
                     executor="http" if args.url else args.executor,
+                    executor_options=options,
                     timeout=args.timeout,
                     retry=RetryPolicy(max_attempts=args.attempts),
                     env=env,
@@ -280,6 +308,16 @@ async def _event_cmd(args: argparse.Namespace) -> int:
         elif args.action == "resume":
             await cr.events.resume(args.name)
     return 0
+
+
+def _option(item: str) -> tuple[str, Any]:
+    name, sep, value = item.partition("=")
+    if not sep:
+        raise SystemExit(f"--option {item!r}: give NAME=VALUE")
+    try:
+        return name, json.loads(value)
+    except ValueError:
+        return name, value
 
 
 async def _run_cmd(args: argparse.Namespace) -> int:
@@ -328,6 +366,19 @@ async def _workflow_cmd(args: argparse.Namespace) -> int:
     return 0
 
 
+def _executor_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--executors",
+        help="comma-separated executor names (default: those needing no engine: local, http); "
+        "add docker or podman to run container jobs",
+    )
+    p.add_argument(
+        "--executor-config",
+        metavar="JSON",
+        help="settings per executor as JSON or @FILE (default: $CRONIUM_EXECUTOR_CONFIG)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cronium", description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -340,11 +391,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--demo", action="store_true", help="install and run the demo")
     p.add_argument("--exit-after-demo", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--max-jobs", type=int, default=4)
+    _executor_args(p)
     p.set_defaults(func=_serve)
 
     p = sub.add_parser("worker", help="claim and run jobs")
     p.add_argument("--max-jobs", type=int, default=4)
-    p.add_argument("--executors", help="comma-separated executor names (default: all)")
+    _executor_args(p)
     p.add_argument("--id", help="worker id (default: host:pid:random)")
     p.add_argument("--lease", type=float, default=30.0, help="lease seconds")
     p.add_argument("--reap-interval", type=float, default=5.0)
@@ -369,6 +421,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timezone", default="UTC", help="IANA zone for --cron")
     p.add_argument("--interval", type=float, help="run every N seconds")
     p.add_argument("--executor", default="local")
+    p.add_argument(
+        "--option",
+        action="append",
+        metavar="NAME=VALUE",
+        help="an executor option (docker/podman: image, memory, cpus, pids, network, tmp_size); "
+        "VALUE is JSON or a plain string",
+    )
     p.add_argument("--timeout", type=float, default=3600.0)
     p.add_argument("--attempts", type=int, default=1)
     p.add_argument("--env", action="append", metavar="NAME=VALUE")
