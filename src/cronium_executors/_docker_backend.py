@@ -66,7 +66,7 @@ class DockerBackend(Backend):
 
     def image_exists(self, image: str) -> bool:
         try:
-            self.api.inspect_image(image)
+            self.api.inspect_image(image)  # type: ignore[no-untyped-call]
         except docker.errors.ImageNotFound:
             return False
         return True

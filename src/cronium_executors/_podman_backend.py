@@ -72,10 +72,11 @@ class PodmanBackend(Backend):
     def runtime_version(self) -> str:
         info = self._request("get", "/info").json()
         runtime = info.get("host", {}).get("ociRuntime", {})
-        return f"{runtime.get('name', '?')} {runtime.get('version', '?')} ({runtime.get('package', '?')})"
+        version = str(runtime.get("version", "?")).splitlines()[0]
+        return f"{runtime.get('name', '?')}: {version} ({runtime.get('package', '?')})"
 
     def close(self) -> None:
-        self.client.close()
+        self.client.close()  # type: ignore[no-untyped-call]
 
     def image_exists(self, image: str) -> bool:
         response = self._request("get", f"/images/{image}/exists", ok=(204,), missing_ok=True)

@@ -42,6 +42,7 @@ import tempfile
 import urllib.parse
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AsyncExitStack
+from functools import partial
 from pathlib import Path
 from typing import IO, Any, Protocol, TypeVar
 
@@ -487,8 +488,8 @@ class ContainerExecutor(Executor):
         if self.settings.seccomp_profile:
             # the path, as the engine sees it (docker's API wants the profile itself: the
             # docker backend reads it)
-            profile = Path(self.settings.seccomp_profile)
-            if not profile.is_file():
+            profile = anyio.Path(self.settings.seccomp_profile)
+            if not await profile.is_file():
                 raise EngineError(f"seccomp profile {profile} is not a file")
             self._seccomp = str(profile)
         await self.reap()
@@ -805,10 +806,11 @@ class ContainerExecutor(Executor):
 
     async def _pump(self, logs: IO[bytes], emit: LogSink) -> None:
         """Read the log stream in a thread and emit its lines, in order, on the loop."""
-        send, receive = anyio.create_memory_object_stream[tuple[int, bytes] | None](64)
+        send, receive = anyio.create_memory_object_stream[tuple[int, bytes]](64)
         splitters = {1: LineSplitter(), 2: LineSplitter()}
         streams = {1: Stream.STDOUT, 2: Stream.STDERR}
         budget = self.settings.max_log_bytes
+        truncated = f"output truncated: the job wrote more than {budget} bytes"
         dropped = 0
 
         def read() -> None:
@@ -823,8 +825,8 @@ class ContainerExecutor(Executor):
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(
-                lambda: anyio.to_thread.run_sync(
-                    read, limiter=self._long_calls, abandon_on_cancel=True
+                partial(
+                    anyio.to_thread.run_sync, read, limiter=self._long_calls, abandon_on_cancel=True
                 )
             )
             async with receive:
@@ -838,10 +840,7 @@ class ContainerExecutor(Executor):
                         budget -= len(line.encode()) + 1
                         await emit(stream, line)
                         if budget <= 0:
-                            await emit(
-                                Stream.SYSTEM,
-                                f"output truncated: the job wrote more than {self.settings.max_log_bytes} bytes",
-                            )
+                            await emit(Stream.SYSTEM, truncated)
             for number, splitter in splitters.items():
                 for line in splitter.finish():
                     if budget > 0:
