@@ -14,6 +14,7 @@ from .container import (
     ContainerState,
     EngineError,
     NetworkSpec,
+    RuntimeVersion,
 )
 
 __all__ = ["DockerBackend"]
@@ -52,14 +53,19 @@ class DockerBackend(Backend):
     def ping(self) -> None:
         self._do(self.api.ping)
 
-    def runtime_version(self) -> str:
+    def runtime_version(self) -> RuntimeVersion:
         info = self._do(self.api.info)
-        commit = info.get("RuncCommit", {}).get("ID", "?")
-        version = self._do(self.api.version)
-        for component in version.get("Components", []):
+        build = str((info.get("RuncCommit") or {}).get("ID") or "")
+        version = "?"
+        for component in self._do(self.api.version).get("Components") or []:
             if component.get("Name") == "runc":
-                return f"runc {component.get('Version')} ({commit})"
-        return f"runc commit {commit}"
+                version = str(component.get("Version") or "?")
+        name = str(info.get("DefaultRuntime") or "runc")
+        return RuntimeVersion(
+            name="runc" if name in ("runc", "io.containerd.runc.v2") else name,
+            version=version,
+            build=build,
+        )
 
     def close(self) -> None:
         self.client.close()

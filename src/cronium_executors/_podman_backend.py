@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from typing import IO, Any, cast
 
@@ -16,6 +17,7 @@ from .container import (
     ContainerState,
     EngineError,
     NetworkSpec,
+    RuntimeVersion,
 )
 
 __all__ = ["PodmanBackend"]
@@ -69,11 +71,18 @@ class PodmanBackend(Backend):
     def ping(self) -> None:
         self._request("get", "/_ping")
 
-    def runtime_version(self) -> str:
+    def runtime_version(self) -> RuntimeVersion:
         info = self._request("get", "/info").json()
         runtime = info.get("host", {}).get("ociRuntime", {})
-        version = str(runtime.get("version", "?")).splitlines()[0]
-        return f"{runtime.get('name', '?')}: {version} ({runtime.get('package', '?')})"
+        # "runc version 1.1.5+ds1\ncommit: 1.1.5+ds1-1+deb12u1\n..."
+        text = str(runtime.get("version", ""))
+        version = re.search(r"version\s+(\S+)", text)
+        commit = re.search(r"commit:\s*(\S+)", text)
+        return RuntimeVersion(
+            name=str(runtime.get("name") or "?"),
+            version=version.group(1) if version else "?",
+            build=commit.group(1) if commit else "",
+        )
 
     def close(self) -> None:
         self.client.close()  # type: ignore[no-untyped-call]

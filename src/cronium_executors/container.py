@@ -69,7 +69,9 @@ __all__ = [
     "EngineError",
     "JobOptions",
     "NetworkSpec",
+    "RuntimeVersion",
     "parse_size",
+    "runtime_problem",
 ]
 
 log = logging.getLogger(__name__)
@@ -233,6 +235,8 @@ class ContainerSettings:
     max_log_bytes: int = 16 * 1024**2
     #: seconds between sweeps for what dead workers left behind
     reap_interval: float = 30.0
+    #: start even on an OCI runtime older than :data:`MIN_RUNC` without a known backport
+    allow_unpatched_runtime: bool = False
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any], *, engine: str) -> ContainerSettings:
@@ -250,12 +254,14 @@ class ContainerSettings:
             "reap_interval": (int, float),
             "nofile": int,
             "nproc": int,
+            "allow_unpatched_runtime": bool,
         }
         out: dict[str, Any] = {}
         for key, value in values.items():
             field = f"executors.{engine}.{key}"
             if key in simple:
-                if not isinstance(value, simple[key]) or isinstance(value, bool):
+                wants_bool = simple[key] is bool
+                if not isinstance(value, simple[key]) or (isinstance(value, bool) != wants_bool):
                     raise ValidationError(field, "has the wrong type")
                 out[key] = value
             elif key == "images":
@@ -301,6 +307,44 @@ def _limits(value: Mapping[str, Any], field: str) -> JobOptions:
         else:
             raise ValidationError(f"{field}.{key}", "is not a limit")
     return JobOptions(**out)
+
+
+#: the oldest runc without CVE-2024-21626 ("Leaky Vessels", a container escape through a leaked
+#: working-directory fd)
+MIN_RUNC = (1, 1, 12)
+#: distribution builds of older runc versions that carry the fix (package version: advisory)
+PATCHED_BUILDS = {
+    # its changelog: "CVE-2024-21626: several container breakouts due to internally leaked fds"
+    "1.1.5+ds1-1+deb12u1": "Debian bookworm-security, 2024-02-02",
+}
+
+
+@attrs.frozen(kw_only=True)
+class RuntimeVersion:
+    """The engine's OCI runtime: name (``runc``), upstream version, distribution build."""
+
+    name: str
+    version: str
+    build: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.name} {self.version}" + (f" (build {self.build})" if self.build else "")
+
+
+def runtime_problem(runtime: RuntimeVersion) -> str | None:
+    """Why this OCI runtime is unsafe to run untrusted jobs on, or None. Only runc is
+    checked; crun and others are reported as they are."""
+    if runtime.name != "runc":
+        return None
+    match = re.match(r"(\d+)\.(\d+)\.(\d+)", runtime.version)
+    if match is None:
+        return f"cannot tell the version of {runtime}"
+    if tuple(int(x) for x in match.groups()) >= MIN_RUNC:
+        return None
+    if runtime.build in PATCHED_BUILDS:
+        return None
+    minimum = ".".join(map(str, MIN_RUNC))
+    return f"{runtime} is older than {minimum} (CVE-2024-21626) and not a known patched build"
 
 
 @attrs.frozen(kw_only=True)
@@ -354,7 +398,7 @@ class Backend(Protocol):
     engine: str
 
     def ping(self) -> None: ...
-    def runtime_version(self) -> str: ...
+    def runtime_version(self) -> RuntimeVersion: ...
     def close(self) -> None: ...
     def image_exists(self, image: str) -> bool: ...
     def network_create(self, spec: NetworkSpec) -> None: ...
@@ -480,11 +524,15 @@ class ContainerExecutor(Executor):
         self._backend = await anyio.to_thread.run_sync(self.make_backend)
         exit_stack.callback(self._backend.close)
         await self._call(self.backend.ping)
-        log.info(
-            "%s executor: OCI runtime %s",
-            self.engine,
-            await self._call(self.backend.runtime_version),
-        )
+        runtime = await self._call(self.backend.runtime_version)
+        log.info("%s executor: OCI runtime %s", self.engine, runtime)
+        problem = runtime_problem(runtime)
+        if problem and not self.settings.allow_unpatched_runtime:
+            raise EngineError(f"{problem} (setting allow_unpatched_runtime accepts the risk)")
+        if problem:
+            log.warning(
+                "%s executor: %s (allowed by allow_unpatched_runtime)", self.engine, problem
+            )
         if self.settings.seccomp_profile:
             # the path, as the engine sees it (docker's API wants the profile itself: the
             # docker backend reads it)
