@@ -465,7 +465,7 @@ def owner_is_dead(owner: str) -> bool:
     as far as this host can tell."""
     host, _, rest = owner.partition(":")
     pid_text, _, start = rest.partition(":")
-    if host != socket.gethostname() or not pid_text.isdigit():
+    if host != socket.gethostname() or not pid_text.isdigit() or start == "?":
         return False
     return _start_time(int(pid_text)) != start
 
