@@ -115,3 +115,111 @@ def test_bad_input_is_a_clear_error(tmp_path: Path) -> None:
 def test_missing_arguments(tmp_path: Path, args: list[str]) -> None:
     result = cronium(tmp_path, *args)
     assert result.returncode != 0 and "give the" in result.stderr
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _wait_for_line(process: subprocess.Popen[str], needle: str, timeout: float = 60) -> str:
+    import time
+
+    assert process.stdout is not None
+    deadline = time.monotonic() + timeout
+    seen = []
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            break
+        seen.append(line)
+        if needle in line:
+            return line
+    raise AssertionError(f"no {needle!r} in the output: {''.join(seen)}")
+
+
+@pytest.mark.parametrize(
+    "executor", ["local", pytest.param("docker", marks=pytest.mark.containers)]
+)
+def test_runtime_service_on_its_own_serves_a_workers_jobs(tmp_path: Path, executor: str) -> None:
+    """`cronium runtime` serves the runtime API; a worker started with `--runtime-url` gives
+    its jobs that URL and serves none itself. Same keys on both sides."""
+    from tests.containers import engine_cli, executor_config, require
+
+    extra_hosts = ""
+    config = "{}"
+    if executor == "docker":
+        require("docker")
+        # a container job reaches the service through the relay, from the control network
+        engine_cli("docker", "network", "create", "cronium-control", check=False)
+        gateway = engine_cli(
+            "docker",
+            "network",
+            "inspect",
+            "cronium-control",
+            "--format",
+            "{{(index .IPAM.Config 0).Gateway}}",
+        ).strip()
+        extra_hosts = f",{gateway}"
+        import json
+
+        config = json.dumps({"docker": executor_config("docker")})
+    port = _free_port()
+    env = {
+        **os.environ,
+        "CRONIUM_DATABASE_URL": f"sqlite:///{tmp_path / 'cli.db'}",
+        "CRONIUM_RUNTIME_KEYS": "k1:" + "s" * 43,
+        "CRONIUM_SECRET_KEYS": "v1:" + "A" * 43 + "=",
+    }
+    assert cronium(tmp_path, "db", "upgrade").returncode == 0
+    added = cronium(
+        tmp_path,
+        "event",
+        "add",
+        "calls-runtime",
+        "--language",
+        "python",
+        "--executor",
+        executor,
+        "--code",
+        "import cronium\ncronium.set_variable('seen', cronium.input())\n"
+        "cronium.output({'got': cronium.input(), 'var': cronium.get_variable('seen')})\n",
+    )
+    assert added.returncode == 0, added.stderr
+    procs = []
+    try:
+        runtime = subprocess.Popen(
+            [sys.executable, "-m", "cronium_web.cli", "runtime",
+             "--host", "127.0.0.1" + extra_hosts, "--port", str(port)],
+            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+        procs.append(runtime)
+        _wait_for_line(runtime, "serving the runtime API")
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "cronium_web.cli", "worker", "--poll-interval", "0.2",
+             "--executors", executor, "--executor-config", config,
+             "--runtime-url", f"http://127.0.0.1:{port}"],
+            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+        procs.append(worker)
+        _wait_for_line(worker, "running (executors")
+        ran = subprocess.run(
+            [sys.executable, "-m", "cronium_web.cli", "run", "calls-runtime", "--input",
+             '{"n": 7}', "--follow"],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert ran.returncode == 0, ran.stdout + ran.stderr
+        job_id = ran.stdout.splitlines()[0]
+        shown = cronium(tmp_path, "job", "show", job_id).stdout
+        assert 'output={"got": {"n": 7}, "var": {"n": 7}}' in shown, shown
+    finally:
+        for proc in reversed(procs):
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()

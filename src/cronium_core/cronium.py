@@ -74,6 +74,7 @@ class Cronium:
         runtime_host: str = "127.0.0.1",
         runtime_port: int = 0,
         runtime_keys: str | None = None,
+        runtime_url: str | None = None,
         secret_keys: str | None = None,
         valkey_url: str | None = None,
     ) -> None:
@@ -114,8 +115,10 @@ class Cronium:
         self.runtime = RuntimeService(
             self.queue, self.store, self.tokens, variables=self.variables, tools=self.tools
         )
-        #: the runtime API's base URL once it is served (worker with a runtime server plugin)
-        self.runtime_url: str | None = None
+        #: the runtime API's base URL: a runtime service elsewhere (``runtime_url``), or the
+        #: one this worker serves (with a runtime server plugin) once it is served
+        self.runtime_url: str | None = runtime_url
+        self._external_runtime = runtime_url is not None
         self._stack: AsyncExitStack | None = None
         self.executors: dict[str, Executor] = {}
         self.worker: Worker | None = None
@@ -151,8 +154,12 @@ class Cronium:
                     await self.executors[name].start(stack)
             tg = await stack.enter_async_context(anyio.create_task_group())
             stack.push_async_callback(self._stop_background, tg)
-            server = pm.hook.cronium_runtime_server() if self._want_runtime else None
-            if self._want_worker and server is not None:
+            want_server = self._want_runtime and not self._external_runtime
+            server = pm.hook.cronium_runtime_server() if want_server else None
+            if self._want_worker and self.runtime_url is not None:
+                for executor in self.executors.values():
+                    await executor.runtime_started(self.runtime_url)
+            elif self._want_worker and server is not None:
                 hosts = [self._runtime_host]
                 for executor in self.executors.values():
                     hosts += [h for h in executor.runtime_hosts() if h not in hosts]
@@ -162,6 +169,7 @@ class Cronium:
                 )
                 for executor in self.executors.values():
                     await executor.runtime_started(self.runtime_url)
+            served_here = self.runtime_url is not None and not self._external_runtime
             if self._want_worker:
                 worker_kwargs: dict[str, Any] = {}
                 if self._worker_id:
@@ -173,7 +181,7 @@ class Cronium:
                     poll_interval=self._poll_interval,
                     reap_interval=self._reap_interval,
                     secrets=self.variables.secret_values,
-                    live=self.runtime.live if self.runtime_url else None,
+                    live=self.runtime.live if served_here else None,
                     runtime_env=runtime_env(self.runtime_url, self.tokens)
                     if self.runtime_url
                     else None,

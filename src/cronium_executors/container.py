@@ -460,6 +460,17 @@ def _start_time(pid: int) -> str:
         return "?"
 
 
+def _is_local(host: str) -> bool:
+    """Whether a URL's host is this machine's loopback or wildcard address (no DNS)."""
+    if host == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return address.is_loopback or address.is_unspecified
+
+
 def owner_is_dead(owner: str) -> bool:
     """Whether the process an owner label names is gone. Owners on other hosts are alive
     as far as this host can tell."""
@@ -553,9 +564,14 @@ class ContainerExecutor(Executor):
         """The runtime API listens at ``url`` (and on :meth:`runtime_hosts`): start the relay
         towards it and fill the network pool."""
         parsed = urllib.parse.urlsplit(url)
-        if parsed.port is None or self._gateway is None:
+        if parsed.port is None or parsed.hostname is None or self._gateway is None:
             return
-        self._relay_target = (self._gateway, parsed.port)
+        host = parsed.hostname
+        if _is_local(host):
+            # served by this worker: on loopback and, same port, on the control bridge
+            host = self._gateway
+        # else a runtime service elsewhere (``cronium runtime``): the relay goes there
+        self._relay_target = (host, parsed.port)
         assert self._tg is not None
         self._tg.start_soon(self._keep_pool)
 

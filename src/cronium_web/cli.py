@@ -6,6 +6,8 @@
     cronium worker [--executors local,docker] [--executor-config JSON]
                                      claim and run jobs (many may run, on many machines)
     cronium scheduler                turn schedules into jobs (several may run)
+    cronium runtime [--host H --port P]
+                                     the runtime API on its own (workers: --runtime-url)
     cronium db upgrade|check         schema migrations
     cronium event add|list|show|remove|pause|resume
     cronium run EVENT [--input JSON] [--follow]
@@ -24,6 +26,7 @@ import signal
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -180,6 +183,8 @@ async def _worker(args: argparse.Namespace) -> int:
         lease_seconds=args.lease,
         executors=_executors(args),
         executor_config=_executor_config(args),
+        runtime_url=args.runtime_url,
+        runtime_host=args.runtime_host,
         upgrade=False,
         worker_id=args.id,
         reap_interval=args.reap_interval,
@@ -213,6 +218,24 @@ async def _worker(args: argparse.Namespace) -> int:
                 await worker.wait_stopped()
                 tg.cancel_scope.cancel()
     print("cronium worker: stopped", flush=True)
+    return 0
+
+
+async def _runtime(args: argparse.Namespace) -> int:
+    """The runtime API on its own, for workers started with ``--runtime-url`` (container and
+    SSH jobs elsewhere reach it). Tokens are checked with ``$CRONIUM_RUNTIME_KEYS``, which
+    must be the workers' keys; a job's attempt is checked against its row in the database."""
+    from cronium_runtime.app import create_app
+    from cronium_runtime.server import serve
+
+    cronium = Cronium(_db(args), worker=False, scheduler=False, upgrade=False)
+    async with cronium as cr, anyio.create_task_group() as tg:
+        url = await tg.start(partial(serve, create_app(cr.runtime), host=args.host, port=args.port))
+        print(f"cronium runtime: serving the runtime API on {url}", flush=True)
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for _ in signals:
+                break
+        tg.cancel_scope.cancel()
     return 0
 
 
@@ -401,7 +424,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lease", type=float, default=30.0, help="lease seconds")
     p.add_argument("--reap-interval", type=float, default=5.0)
     p.add_argument("--poll-interval", type=float, default=1.0)
+    p.add_argument(
+        "--runtime-url",
+        help="the runtime API jobs call (a `cronium runtime` service); default: this worker "
+        "serves it itself",
+    )
+    p.add_argument(
+        "--runtime-host", default="127.0.0.1", help="where this worker serves the runtime API"
+    )
     p.set_defaults(func=_worker)
+
+    p = sub.add_parser("runtime", help="serve the runtime API on its own")
+    p.add_argument("--host", default="127.0.0.1", help="listen address(es), comma-separated")
+    p.add_argument("--port", type=int, default=8080)
+    p.set_defaults(func=_runtime)
 
     p = sub.add_parser("scheduler", help="turn schedules into jobs")
     p.set_defaults(func=_scheduler)
