@@ -1130,7 +1130,9 @@ class JobQueue:
             seq, size = row.log_seq, row.log_bytes
             stored: builtins.list[LogLine] = []
             truncated = False
-            for stream, time, text in lines:
+            for stream, time, raw in lines:
+                # PostgreSQL text cannot hold NUL: what a job printed is kept, NUL replaced
+                text = raw.replace("\x00", "\ufffd")
                 size += len(text.encode("utf-8", "replace")) + 1
                 if size > self.max_log_bytes:
                     seq += 1

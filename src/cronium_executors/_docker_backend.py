@@ -8,6 +8,7 @@ import docker
 import docker.errors
 import docker.types
 
+from ._oom import OomProbe
 from .container import (
     Backend,
     ContainerSpec,
@@ -26,6 +27,8 @@ def _tmpfs_options(size: int) -> str:
 
 class DockerBackend(Backend):
     engine = "docker"
+    oom_probe_needed = False
+    logs_end_early = False
 
     def __init__(self, url: str = "") -> None:
         try:
@@ -171,12 +174,12 @@ class DockerBackend(Backend):
     def container_start(self, cid: str) -> None:
         self._do(self.api.start, cid)
 
-    def container_logs(self, cid: str) -> IO[bytes]:
+    def container_logs(self, cid: str, follow: bool) -> IO[bytes]:
         url = f"{self.api.base_url}/v{self.api.api_version}/containers/{cid}/logs"
         response = self._do(
             self.api.get,
             url,
-            params={"follow": 1, "stdout": 1, "stderr": 1},
+            params={"follow": int(follow), "stdout": 1, "stderr": 1},
             stream=True,
             timeout=None,
         )
@@ -215,3 +218,6 @@ class DockerBackend(Backend):
     def containers(self, label: str) -> list[tuple[str, dict[str, str]]]:
         found = self._do(self.api.containers, all=True, filters={"label": label})
         return [(c["Id"], c.get("Labels") or {}) for c in found]
+
+    def oom_probe(self, cid: str) -> OomProbe | None:
+        return None  # Docker reports OOM kills itself (State.OOMKilled)

@@ -11,6 +11,7 @@ import podman
 import podman.errors
 import requests
 
+from ._oom import OomProbe, cgroup_v1_memory_dir
 from .container import (
     Backend,
     ContainerSpec,
@@ -29,6 +30,9 @@ CPU_PERIOD = 100_000
 
 class PodmanBackend(Backend):
     engine = "podman"
+    # its follow stream may end at the container's exit before the reader caught up
+    oom_probe_needed = True
+    logs_end_early = True
 
     def __init__(self, url: str = "") -> None:
         try:
@@ -199,11 +203,11 @@ class PodmanBackend(Backend):
     def container_start(self, cid: str) -> None:
         self._request("post", f"/containers/{cid}/start", ok=(204, 304))
 
-    def container_logs(self, cid: str) -> IO[bytes]:
+    def container_logs(self, cid: str, follow: bool) -> IO[bytes]:
         response = self._request(
             "get",
             f"/containers/{cid}/logs",
-            params={"follow": "true", "stdout": "true", "stderr": "true"},
+            params={"follow": str(follow).lower(), "stdout": "true", "stderr": "true"},
             stream=True,
             timeout=None,
         )
@@ -248,6 +252,24 @@ class PodmanBackend(Backend):
 
     def container_inspect(self, cid: str) -> dict[str, Any]:
         return cast(dict[str, Any], self._request("get", f"/containers/{cid}/json").json())
+
+    def oom_probe(self, cid: str) -> OomProbe | None:
+        # Podman 4.3 on cgroup v1 does not set State.OOMKilled: watch the cgroup ourselves.
+        # (Not from `init`: starting an initialized container that has networks makes its
+        # cgroup anew.) An OOM kill in the moment before this registers is still seen if the
+        # cgroup is there to read; a job killed and gone by then shows as SIGKILL.
+        data = self.container_inspect(cid)
+        # an initialized container has its cgroup but not yet its CgroupPath: podman's
+        # cgroupfs manager names it libpod-<id> under the parent (default /libpod_parent)
+        parent = data.get("HostConfig", {}).get("CgroupParent") or "/libpod_parent"
+        path = data.get("State", {}).get("CgroupPath") or f"{parent}/libpod-{data['Id']}"
+        directory = cgroup_v1_memory_dir(path)
+        if directory is None:
+            return None
+        try:
+            return OomProbe(directory)
+        except OSError:
+            return None  # gone already, or not ours to watch
 
     def containers(self, label: str) -> list[tuple[str, dict[str, str]]]:
         found = self._request(

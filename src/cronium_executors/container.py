@@ -29,6 +29,7 @@ worker threads, never on the event loop. The engine-specific part is a :class:`B
 from __future__ import annotations
 
 import contextlib
+import errno
 import ipaddress
 import logging
 import os
@@ -48,6 +49,7 @@ from typing import IO, Any, Protocol, TypeVar
 
 import anyio
 import anyio.from_thread
+import anyio.lowlevel
 import anyio.to_thread
 import attrs
 from anyio.abc import TaskGroup
@@ -58,6 +60,7 @@ from cronium_core.executors import ExecutionRequest, Executor, LogSink, Outcome
 from cronium_core.jobs import Stream
 
 from ._lines import LineSplitter
+from ._oom import OomProbe
 from ._process import signal_name
 
 __all__ = [
@@ -91,6 +94,7 @@ RELAY_PORT = 8080
 RUNTIME_URL = f"http://runtime:{RELAY_PORT}"
 
 _SUFFIXES = {"bash": ".sh", "python": ".py", "node": ".js"}
+_GATE = "start-gate"
 #: each engine its own pool of job subnets (one host may run both)
 _DEFAULT_POOLS = {"docker": "10.213.0.0/16", "podman": "10.214.0.0/16"}
 _BASH_SDK = "/usr/local/lib/cronium/cronium.sh"
@@ -396,6 +400,10 @@ class Backend(Protocol):
     """The engine-specific calls. All blocking; the executor runs them in threads."""
 
     engine: str
+    #: the engine's follow stream may end before everything written was read
+    logs_end_early: bool
+    #: the engine does not report OOM kills reliably: jobs wait for :meth:`oom_probe`
+    oom_probe_needed: bool
 
     def ping(self) -> None: ...
     def runtime_version(self) -> RuntimeVersion: ...
@@ -409,13 +417,17 @@ class Backend(Protocol):
     def networks(self, label: str) -> list[tuple[str, dict[str, str]]]: ...
     def container_create(self, spec: ContainerSpec) -> str: ...
     def container_start(self, cid: str) -> None: ...
-    def container_logs(self, cid: str) -> IO[bytes]: ...
+    def container_logs(self, cid: str, follow: bool) -> IO[bytes]: ...
     def container_wait(self, cid: str) -> None: ...
     def container_state(self, cid: str) -> ContainerState: ...
     def container_stop(self, cid: str, timeout: float) -> None: ...
     def container_remove(self, cid: str) -> None: ...
     def container_inspect(self, cid: str) -> dict[str, Any]: ...
     def containers(self, label: str) -> list[tuple[str, dict[str, str]]]: ...
+    def oom_probe(self, cid: str) -> OomProbe | None:
+        """Called right after start: a watcher of OOM kills, for engines that do not report
+        them reliably (None: the engine's ``oom_killed`` is right)."""
+        ...
 
 
 def read_frames(raw: IO[bytes]) -> Iterator[tuple[int, bytes]]:
@@ -748,13 +760,14 @@ class ContainerExecutor(Executor):
         self._cleanups += 1
 
         async def run() -> None:
-            try:
-                with anyio.CancelScope(shield=True):
+            # shielded whole: the count must come down even when shutdown cancels the group
+            with anyio.CancelScope(shield=True):
+                try:
                     await cleanup()
-            finally:
-                async with self._cleanups_done:
-                    self._cleanups -= 1
-                    self._cleanups_done.notify_all()
+                finally:
+                    async with self._cleanups_done:
+                        self._cleanups -= 1
+                        self._cleanups_done.notify_all()
 
         self._tg.start_soon(run)
 
@@ -770,6 +783,32 @@ class ContainerExecutor(Executor):
         if script.language == "node":
             return ["node", "--require", _NODE_GLOBAL, path]
         return ["bash", "-c", f'. {_BASH_SDK} || exit 1; . "$0"', path]
+
+    def _gated(self, command: list[str]) -> list[str]:
+        """With an OOM probe, the job waits at a gate (a FIFO in its script directory) until
+        the probe watches its cgroup, so that no OOM kill comes before it."""
+        if not self.backend.oom_probe_needed:
+            return command
+        return ["sh", "-c", f'read _ < {SCRIPT_DIR}/{_GATE} && exec "$@"', "cronium-gate", *command]
+
+    async def _open_gate(self, script_dir: str, cid: str) -> None:
+        gate = os.path.join(script_dir, _GATE)
+        with anyio.fail_after(30):
+            while True:
+                try:
+                    fd = os.open(gate, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+                except OSError as exc:
+                    if exc.errno != errno.ENXIO:  # ENXIO: the job has not opened it yet
+                        raise EngineError(f"cannot open the start gate: {exc}") from None
+                    if not (await self._call(self.backend.container_state, cid)).running:
+                        return  # ended before reading it (its own error is in its log)
+                    await anyio.sleep(0.002)
+                    continue
+                try:
+                    os.write(fd, b"go\n")
+                finally:
+                    os.close(fd)
+                return
 
     def container_spec(
         self,
@@ -790,7 +829,7 @@ class ContainerExecutor(Executor):
         return ContainerSpec(
             name=f"{self._prefix}-job-{secrets.token_hex(4)}",
             image=options.image or self.settings.images[script.language],
-            command=self._command(script),
+            command=self._gated(self._command(script)),
             env=env,
             labels={
                 KIND: "job",
@@ -817,6 +856,8 @@ class ContainerExecutor(Executor):
         path = Path(directory, f"script{_SUFFIXES[script.language]}")
         path.write_text(script.code, encoding="utf-8")
         path.chmod(0o644)
+        if self.backend.oom_probe_needed:
+            os.mkfifo(os.path.join(directory, _GATE), 0o644)
         return directory
 
     async def execute(self, request: ExecutionRequest, emit: LogSink) -> Outcome:
@@ -840,22 +881,45 @@ class ContainerExecutor(Executor):
                 error = f"cannot create the container: {exc}"
                 await emit(Stream.SYSTEM, error)
                 return Outcome(exit_code=None, error=error)
-            return await self._run(cid, request, emit)
+            return await self._run(cid, request, emit, script_dir)
         finally:
             self._later(lambda: self._cleanup(cid, network, script_dir, request.kill_grace))
 
-    async def _run(self, cid: str, request: ExecutionRequest, emit: LogSink) -> Outcome:
+    async def _run(
+        self, cid: str, request: ExecutionRequest, emit: LogSink, script_dir: str
+    ) -> Outcome:
+        output = _Output(emit, self.settings.max_log_bytes)
+        oom: OomProbe | None = None
+        logs: IO[bytes] | None = None
         try:
-            # the engine keeps what the job writes: following from the start loses nothing
-            await self._call(self.backend.container_start, cid)
-            logs = await self._call(self.backend.container_logs, cid)
-        except EngineError as exc:
-            error = f"cannot start the container: {exc}"
-            await emit(Stream.SYSTEM, error)
-            return Outcome(exit_code=None, error=error)
-        try:
-            await self._pump(logs, emit)
-            await self._call(self.backend.container_wait, cid, long=True)
+            async with anyio.create_task_group() as tg:
+                try:
+                    await self._call(self.backend.container_start, cid)
+                    oom = await self._call(self.backend.oom_probe, cid)
+                    if oom is not None:
+                        tg.start_soon(oom.watch)
+                        await anyio.lowlevel.checkpoint()  # watching before the gate opens
+                    if self.backend.oom_probe_needed:
+                        await self._open_gate(script_dir, cid)
+                    # the engine keeps what the job writes: following from the start loses
+                    # nothing
+                    logs = await self._call(self.backend.container_logs, cid, True)
+                except EngineError as exc:
+                    tg.cancel_scope.cancel()
+                    error = f"cannot start the container: {exc}"
+                    await emit(Stream.SYSTEM, error)
+                    return Outcome(exit_code=None, error=error)
+                await self._pump(logs, output)
+                await self._call(self.backend.container_wait, cid, long=True)
+                if self.backend.logs_end_early and not output.full:
+                    # podman's follow may stop before the reader caught up: read the rest
+                    rest = await self._call(self.backend.container_logs, cid, False)
+                    try:
+                        await self._pump(rest, output, skip=dict(output.received))
+                    finally:
+                        rest.close()
+                await output.finish()
+                tg.cancel_scope.cancel()
         except BaseException:
             # cancelled (timeout, cancel, worker stop): SIGTERM, then SIGKILL after the grace
             with anyio.CancelScope(shield=True):
@@ -863,25 +927,29 @@ class ContainerExecutor(Executor):
                     await self._call(self.backend.container_stop, cid, request.kill_grace)
             raise
         finally:
-            with contextlib.suppress(Exception):
-                logs.close()
+            if logs is not None:
+                with contextlib.suppress(Exception):
+                    logs.close()
+            if oom is not None:
+                oom.close()
         state = await self._call(self.backend.container_state, cid)
+        if oom is not None and oom.killed and not state.oom_killed:
+            state = attrs.evolve(state, oom_killed=True)
         return _outcome(state)
 
-    async def _pump(self, logs: IO[bytes], emit: LogSink) -> None:
-        """Read the log stream in a thread and emit its lines, in order, on the loop."""
+    async def _pump(
+        self, logs: IO[bytes], output: _Output, skip: Mapping[int, int] | None = None
+    ) -> None:
+        """Read a log stream in a thread and hand its frames, in order, to ``output`` on the
+        loop; the first ``skip[stream]`` bytes of each stream are dropped (already seen)."""
         send, receive = anyio.create_memory_object_stream[tuple[int, bytes]](64)
-        splitters = {1: LineSplitter(), 2: LineSplitter()}
-        streams = {1: Stream.STDOUT, 2: Stream.STDERR}
-        budget = self.settings.max_log_bytes
-        truncated = f"output truncated: the job wrote more than {budget} bytes"
-        dropped = 0
+        skipping = dict(skip or {})
 
         def read() -> None:
             try:
                 for frame in read_frames(logs):
                     anyio.from_thread.run(send.send, frame)
-            except Exception:
+            except Exception:  # the stream ends when the job is cancelled: nothing to add
                 pass
             finally:
                 with contextlib.suppress(Exception):
@@ -895,22 +963,12 @@ class ContainerExecutor(Executor):
             )
             async with receive:
                 async for number, data in receive:
-                    stream = streams.get(number, Stream.STDOUT)
-                    splitter = splitters.get(number, splitters[1])
-                    for line in splitter.feed(data):
-                        if budget <= 0:
-                            dropped += len(line) + 1
-                            continue
-                        budget -= len(line.encode()) + 1
-                        await emit(stream, line)
-                        if budget <= 0:
-                            await emit(Stream.SYSTEM, truncated)
-            for number, splitter in splitters.items():
-                for line in splitter.finish():
-                    if budget > 0:
-                        await emit(streams[number], line)
-        if dropped:
-            log.info("dropped %d bytes of output over the cap", dropped)
+                    seen = skipping.get(number, 0)
+                    if seen:
+                        skipping[number] = max(0, seen - len(data))
+                        data = data[seen:]
+                    if data:
+                        await output.feed(number, data)
 
     async def _cleanup(
         self, cid: str | None, network: _JobNetwork | None, script_dir: str, grace: float
@@ -923,6 +981,49 @@ class ContainerExecutor(Executor):
         if network is not None:
             await self._drop_network(network)
         await anyio.to_thread.run_sync(shutil.rmtree, script_dir, True)
+
+
+class _Output:
+    """A job's two output streams turned into log lines, up to a byte budget."""
+
+    _STREAMS = {1: Stream.STDOUT, 2: Stream.STDERR}
+
+    def __init__(self, emit: LogSink, budget: int) -> None:
+        self._emit = emit
+        self._budget = budget
+        self._limit = budget
+        self._splitters = {1: LineSplitter(), 2: LineSplitter()}
+        #: bytes received per stream (1 stdout, 2 stderr)
+        self.received = {1: 0, 2: 0}
+        self.dropped = 0
+
+    @property
+    def full(self) -> bool:
+        return self._budget <= 0
+
+    async def feed(self, number: int, data: bytes) -> None:
+        number = number if number in self._splitters else 1
+        self.received[number] += len(data)
+        for line in self._splitters[number].feed(data):
+            await self._line(number, line)
+
+    async def finish(self) -> None:
+        for number, splitter in self._splitters.items():
+            for line in splitter.finish():
+                await self._line(number, line)
+        if self.dropped:
+            log.info("dropped %d bytes of output over the cap", self.dropped)
+
+    async def _line(self, number: int, line: str) -> None:
+        if self._budget <= 0:
+            self.dropped += len(line) + 1
+            return
+        self._budget -= len(line.encode()) + 1
+        await self._emit(self._STREAMS[number], line)
+        if self._budget <= 0:
+            await self._emit(
+                Stream.SYSTEM, f"output truncated: the job wrote more than {self._limit} bytes"
+            )
 
 
 def _outcome(state: ContainerState) -> Outcome:
