@@ -352,6 +352,10 @@ async def test_kill_9_worker_orphans_are_reaped_and_jobs_rerun(
         orphans = await containers_of(engine, f"{OWNER}={a.owner}", f"{KIND}=job", running=True)
         assert sorted(orphans) == sorted(running.values())
         assert await networks_of(engine, f"{OWNER}={a.owner}"), "A's job networks"
+        scripts = tmp_path / "scripts"
+        _, a_pid, a_start = a.owner.split(":")
+        a_dirs = list(scripts.glob(f"cronium-ctr-{a_pid}-{a_start}-*"))
+        assert len(a_dirs) == 5, "A's script directories, one per running job"
 
         b = WorkerProcess(sqlite_url, engine, tmp_path / "b.log", "B")
         workers.append(b)
@@ -363,6 +367,7 @@ async def test_kill_9_worker_orphans_are_reaped_and_jobs_rerun(
             1 + 5,
             "containers and networks of the killed worker",
         )
+        assert not any(d.exists() for d in a_dirs), "the dead worker's script directories"
 
         with anyio.fail_after(90):
             done = [await wait_finished(cr, job.id, 90) for job in jobs]

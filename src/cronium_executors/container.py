@@ -95,6 +95,7 @@ RUNTIME_URL = f"http://runtime:{RELAY_PORT}"
 
 _SUFFIXES = {"bash": ".sh", "python": ".py", "node": ".js"}
 _GATE = "start-gate"
+_SCRIPT_DIR_NAME = re.compile(r"cronium-ctr-(\d+)-(\d+)-\w+")
 #: each engine its own pool of job subnets (one host may run both)
 _DEFAULT_POOLS = {"docker": "10.213.0.0/16", "podman": "10.214.0.0/16"}
 _BASH_SDK = "/usr/local/lib/cronium/cronium.sh"
@@ -636,7 +637,20 @@ class ContainerExecutor(Executor):
                 with contextlib.suppress(EngineError):
                     await self._call(self.backend.network_remove, name)
                     networks += 1
+        await anyio.to_thread.run_sync(self._reap_script_dirs)
         return containers, networks
+
+    def _reap_script_dirs(self) -> None:
+        host = socket.gethostname()
+        try:
+            entries = os.scandir(self.settings.script_root)
+        except OSError:
+            return
+        with entries:
+            for entry in entries:
+                match = _SCRIPT_DIR_NAME.fullmatch(entry.name)
+                if match and owner_is_dead(f"{host}:{match[1]}:{match[2]}"):
+                    shutil.rmtree(entry.path, ignore_errors=True)
 
     async def _reap_periodically(self) -> None:
         while True:
@@ -851,7 +865,10 @@ class ContainerExecutor(Executor):
         )
 
     def _write_script(self, script: Script) -> str:
-        directory = tempfile.mkdtemp(prefix="cronium-ctr-", dir=self.settings.script_root)
+        # the name carries the owner (pid and start time), for the reaper
+        _, pid, start = self.owner.split(":")
+        prefix = f"cronium-ctr-{pid}-{start}-"
+        directory = tempfile.mkdtemp(prefix=prefix, dir=self.settings.script_root)
         os.chmod(directory, 0o711)  # the container's user may read the script, not list others
         path = Path(directory, f"script{_SUFFIXES[script.language]}")
         path.write_text(script.code, encoding="utf-8")
