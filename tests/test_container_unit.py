@@ -195,3 +195,38 @@ def test_owner_labels_tell_a_live_process_from_a_dead_one() -> None:
     assert owner_is_dead(f"{host}:{pid}:1")
     # owners on other hosts are not ours to judge
     assert not owner_is_dead(f"another-host:{os.getpid() + 1}:1")
+
+
+def test_the_hardened_seccomp_profile_closes_namespaces_and_keeps_the_rest() -> None:
+    from cronium_executors._seccomp import CLOSED, PODMAN_DEFAULT, harden
+
+    source = next((p for p in PODMAN_DEFAULT if p.is_file()), None)
+    if source is None:
+        pytest.skip("no Podman default seccomp profile on this host")
+    import json
+
+    original = json.loads(source.read_text())
+    hardened = harden(original)
+
+    def allowed_unconditionally(profile: dict[str, object]) -> set[str]:
+        names: set[str] = set()
+        for rule in profile["syscalls"]:  # type: ignore[attr-defined]
+            if rule["action"] == "SCMP_ACT_ALLOW" and not rule.get("args"):
+                names |= set(rule.get("names", []))
+        return names
+
+    before, after = allowed_unconditionally(original), allowed_unconditionally(hardened)
+    assert "unshare" in before  # what made it necessary
+    assert after == before - set(CLOSED)
+    assert hardened["defaultAction"] == original["defaultAction"]
+    clone = [r for r in hardened["syscalls"] if r.get("names") == ["clone"]]
+    assert clone and clone[0]["args"][0]["op"] == "SCMP_CMP_MASKED_EQ"
+    assert clone[0]["args"][0]["value"] & 0x10000000  # CLONE_NEWUSER refused
+    refused = {
+        n
+        for r in hardened["syscalls"]
+        if r["action"] == "SCMP_ACT_ERRNO" and not r.get("includes") and not r.get("excludes")
+        for n in r["names"]
+    }
+    assert {"unshare", "setns", "mount", "pivot_root", "clone3"} <= refused
+    assert original == json.loads(source.read_text()), "the input is not modified"

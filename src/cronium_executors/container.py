@@ -526,6 +526,7 @@ class ContainerExecutor(Executor):
         self._pool_wanted = anyio.Event()
         self._subnets_used: set[str] = set()
         self._cleanups = 0
+        self._pool_stopped: anyio.Event | None = None
         self._cleanups_done = anyio.Condition()
         self._seccomp: str | None = None
 
@@ -564,11 +565,18 @@ class ContainerExecutor(Executor):
             if not await profile.is_file():
                 raise EngineError(f"seccomp profile {profile} is not a file")
             self._seccomp = str(profile)
+        else:
+            self._seccomp = await self.default_seccomp_profile(exit_stack)
         await self.reap()
         self._gateway = await self._ensure_control_network()
         self._tg = await exit_stack.enter_async_context(anyio.create_task_group())
         exit_stack.push_async_callback(self._shutdown)
         self._tg.start_soon(self._reap_periodically)
+
+    async def default_seccomp_profile(self, exit_stack: AsyncExitStack) -> str | None:
+        """The profile jobs get when ``seccomp_profile`` is not set: None means the engine's
+        default (right for Docker, whose default refuses new namespaces)."""
+        return None
 
     def runtime_hosts(self) -> Sequence[str]:
         return [self._gateway] if self._gateway else []
@@ -586,6 +594,7 @@ class ContainerExecutor(Executor):
         # else a runtime service elsewhere (``cronium runtime``): the relay goes there
         self._relay_target = (host, parsed.port)
         assert self._tg is not None
+        self._pool_stopped = anyio.Event()
         self._tg.start_soon(self._keep_pool)
 
     async def _shutdown(self) -> None:
@@ -593,6 +602,8 @@ class ContainerExecutor(Executor):
             assert self._tg is not None
             self._tg.cancel_scope.cancel()
             with anyio.move_on_after(30):
+                if self._pool_stopped is not None:
+                    await self._pool_stopped.wait()  # it may be making a network or the relay
                 async with self._cleanups_done:
                     while self._cleanups:
                         await self._cleanups_done.wait()
@@ -683,14 +694,17 @@ class ContainerExecutor(Executor):
                 tmpfs={"/tmp": 1024**2},
                 seccomp_profile=self._seccomp,
             )
-            cid = await self._call(self.backend.container_create, spec)
-            try:
-                await self._call(self.backend.container_start, cid)
-            except BaseException:
-                with anyio.CancelScope(shield=True), contextlib.suppress(EngineError):
-                    await self._call(self.backend.container_remove, cid)
-                raise
-            self._relay = cid
+            # shielded: a container made in a thread must be known, or shutdown cannot
+            # remove it
+            with anyio.CancelScope(shield=True):
+                cid = await self._call(self.backend.container_create, spec)
+                try:
+                    await self._call(self.backend.container_start, cid)
+                except EngineError:
+                    with contextlib.suppress(EngineError):
+                        await self._call(self.backend.container_remove, cid)
+                    raise
+                self._relay = cid
             return cid
 
     def _pick_subnet(self) -> str:
@@ -713,10 +727,11 @@ class ContainerExecutor(Executor):
             name = f"{self._prefix}-net-{secrets.token_hex(4)}"
             self._subnets_used.add(subnet)
             try:
-                await self._call(
-                    self.backend.network_create,
-                    NetworkSpec(name=name, subnet=subnet, internal=internal, labels=labels),
-                )
+                with anyio.CancelScope(shield=True):  # made in a thread: must not be lost
+                    await self._call(
+                        self.backend.network_create,
+                        NetworkSpec(name=name, subnet=subnet, internal=internal, labels=labels),
+                    )
             except EngineError as exc:  # most likely a subnet another process took
                 self._subnets_used.discard(subnet)
                 last = exc
@@ -745,6 +760,14 @@ class ContainerExecutor(Executor):
             self._subnets_used.discard(network.subnet)
 
     async def _keep_pool(self) -> None:
+        stopped = self._pool_stopped
+        try:
+            await self._fill_pool()
+        finally:
+            if stopped is not None:
+                stopped.set()
+
+    async def _fill_pool(self) -> None:
         while True:
             while len(self._pool) < self.settings.network_pool:
                 try:
@@ -803,7 +826,8 @@ class ContainerExecutor(Executor):
         the probe watches its cgroup, so that no OOM kill comes before it."""
         if not self.backend.oom_probe_needed:
             return command
-        return ["sh", "-c", f'read _ < {SCRIPT_DIR}/{_GATE} && exec "$@"', "cronium-gate", *command]
+        gate = f'read _ < {SCRIPT_DIR}/{_GATE} && unset PWD && exec "$@"'
+        return ["sh", "-c", gate, "cronium-gate", *command]
 
     async def _open_gate(self, script_dir: str, cid: str) -> None:
         gate = os.path.join(script_dir, _GATE)
