@@ -258,12 +258,12 @@ class PodmanBackend(Backend):
         # (Not from `init`: starting an initialized container that has networks makes its
         # cgroup anew.) An OOM kill in the moment before this registers is still seen if the
         # cgroup is there to read; a job killed and gone by then shows as SIGKILL.
-        data = self.container_inspect(cid)
-        # an initialized container has its cgroup but not yet its CgroupPath: podman's
-        # cgroupfs manager names it libpod-<id> under the parent (default /libpod_parent)
-        parent = data.get("HostConfig", {}).get("CgroupParent") or "/libpod_parent"
-        path = data.get("State", {}).get("CgroupPath") or f"{parent}/libpod-{data['Id']}"
-        directory = cgroup_v1_memory_dir(path)
+        # podman's cgroupfs manager names it libpod-<id> under /libpod_parent by default;
+        # otherwise the container says where it is
+        directory = cgroup_v1_memory_dir(f"/libpod_parent/libpod-{cid}")
+        if directory is None:
+            path = self.container_inspect(cid).get("State", {}).get("CgroupPath") or ""
+            directory = cgroup_v1_memory_dir(path) if path else None
         if directory is None:
             return None
         try:

@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import ipaddress
+import itertools
 import logging
 import os
 import random
@@ -40,6 +41,7 @@ import shutil
 import socket
 import struct
 import tempfile
+import threading
 import urllib.parse
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AsyncExitStack
@@ -542,8 +544,13 @@ class ContainerExecutor(Executor):
         return self._backend
 
     async def _call(self, fn: Callable[..., T], *args: Any, long: bool = False) -> T:
+        """``fn(*args)`` in a worker thread. A ``long`` call (one that lasts as long as the
+        job, like waiting for its end) is abandoned on cancellation: stopping the container,
+        which the canceller does next, ends it."""
         limiter = self._long_calls if long else self._calls
-        return await anyio.to_thread.run_sync(lambda: fn(*args), limiter=limiter)
+        return await anyio.to_thread.run_sync(
+            lambda: fn(*args), limiter=limiter, abandon_on_cancel=long
+        )
 
     async def start(self, exit_stack: AsyncExitStack) -> None:
         self._backend = await anyio.to_thread.run_sync(self.make_backend)
@@ -832,21 +839,25 @@ class ContainerExecutor(Executor):
     async def _open_gate(self, script_dir: str, cid: str) -> None:
         gate = os.path.join(script_dir, _GATE)
         with anyio.fail_after(30):
-            while True:
+            for attempt in itertools.count(1):
                 try:
                     fd = os.open(gate, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
                 except OSError as exc:
                     if exc.errno != errno.ENXIO:  # ENXIO: the job has not opened it yet
                         raise EngineError(f"cannot open the start gate: {exc}") from None
-                    if not (await self._call(self.backend.container_state, cid)).running:
-                        return  # ended before reading it (its own error is in its log)
-                    await anyio.sleep(0.002)
+                    # now and then: has it ended before reading it (its error is in its log)?
+                    if attempt % 100 == 0 and not (await self._state(cid)).running:
+                        return
+                    await anyio.sleep(0.001)
                     continue
                 try:
                     os.write(fd, b"go\n")
                 finally:
                     os.close(fd)
                 return
+
+    async def _state(self, cid: str) -> ContainerState:
+        return await self._call(self.backend.container_state, cid)
 
     def container_spec(
         self,
@@ -930,35 +941,45 @@ class ContainerExecutor(Executor):
         self, cid: str, request: ExecutionRequest, emit: LogSink, script_dir: str
     ) -> Outcome:
         output = _Output(emit, self.settings.max_log_bytes)
+        follow = _Follow(partial(self.backend.container_logs, cid, True))
         oom: OomProbe | None = None
-        logs: IO[bytes] | None = None
+        gated = self.backend.oom_probe_needed
         try:
             async with anyio.create_task_group() as tg:
                 try:
                     await self._call(self.backend.container_start, cid)
                     oom = await self._call(self.backend.oom_probe, cid)
-                    if oom is not None:
-                        tg.start_soon(oom.watch)
-                        await anyio.lowlevel.checkpoint()  # watching before the gate opens
-                    if self.backend.oom_probe_needed:
-                        await self._open_gate(script_dir, cid)
-                    # the engine keeps what the job writes: following from the start loses
-                    # nothing
-                    logs = await self._call(self.backend.container_logs, cid, True)
                 except EngineError as exc:
                     tg.cancel_scope.cancel()
                     error = f"cannot start the container: {exc}"
                     await emit(Stream.SYSTEM, error)
                     return Outcome(exit_code=None, error=error)
-                await self._pump(logs, output)
-                await self._call(self.backend.container_wait, cid, long=True)
+                if oom is not None:
+                    tg.start_soon(oom.watch)
+                # the engine keeps what the job writes: following from the start loses
+                # nothing. (Podman answers a follow request only once there is output.)
+                async with anyio.create_task_group() as following:
+                    following.start_soon(self._pump, follow.open, output)
+                    if gated:
+                        await anyio.lowlevel.checkpoint()  # the OOM watch is on
+                        await self._open_gate(script_dir, cid)
+                    if not self.backend.logs_end_early:
+                        await self._call(self.backend.container_wait, cid, long=True)
+                    else:
+                        # podman's follow stream lingers ~0.5 s after the job ends, or
+                        # stops before the reader caught up: follow until the job ends, then
+                        # read what is left from the stored log
+                        await self._call(self.backend.container_wait, cid, long=True)
+                        following.cancel_scope.cancel()
+                follow.close()
                 if self.backend.logs_end_early and not output.full:
-                    # podman's follow may stop before the reader caught up: read the rest
-                    rest = await self._call(self.backend.container_logs, cid, False)
+                    rest = _Follow(partial(self.backend.container_logs, cid, False))
                     try:
-                        await self._pump(rest, output, skip=dict(output.received))
+                        await self._pump(rest.open, output, skip=dict(output.received))
                     finally:
                         rest.close()
+                if follow.error and not any(output.received.values()):
+                    await emit(Stream.SYSTEM, f"cannot read the job's output: {follow.error}")
                 await output.finish()
                 tg.cancel_scope.cancel()
         except BaseException:
@@ -968,9 +989,7 @@ class ContainerExecutor(Executor):
                     await self._call(self.backend.container_stop, cid, request.kill_grace)
             raise
         finally:
-            if logs is not None:
-                with contextlib.suppress(Exception):
-                    logs.close()
+            follow.close()
             if oom is not None:
                 oom.close()
         state = await self._call(self.backend.container_state, cid)
@@ -979,17 +998,23 @@ class ContainerExecutor(Executor):
         return _outcome(state)
 
     async def _pump(
-        self, logs: IO[bytes], output: _Output, skip: Mapping[int, int] | None = None
+        self,
+        source: Callable[[], IO[bytes] | None],
+        output: _Output,
+        skip: Mapping[int, int] | None = None,
     ) -> None:
-        """Read a log stream in a thread and hand its frames, in order, to ``output`` on the
-        loop; the first ``skip[stream]`` bytes of each stream are dropped (already seen)."""
+        """Open a log stream and read it in a thread, handing its frames, in order, to
+        ``output`` on the loop; the first ``skip[stream]`` bytes of each stream are dropped
+        (already seen). Returns when the stream ends."""
         send, receive = anyio.create_memory_object_stream[tuple[int, bytes]](64)
         skipping = dict(skip or {})
 
         def read() -> None:
             try:
-                for frame in read_frames(logs):
-                    anyio.from_thread.run(send.send, frame)
+                logs = source()
+                if logs is not None:
+                    for frame in read_frames(logs):
+                        anyio.from_thread.run(send.send, frame)
             except Exception:  # the stream ends when the job is cancelled: nothing to add
                 pass
             finally:
@@ -1009,7 +1034,9 @@ class ContainerExecutor(Executor):
                         skipping[number] = max(0, seen - len(data))
                         data = data[seen:]
                     if data:
-                        await output.feed(number, data)
+                        # whole frames or none: a cancelled follow is resumed by byte count
+                        with anyio.CancelScope(shield=True):
+                            await output.feed(number, data)
 
     async def _cleanup(
         self, cid: str | None, network: _JobNetwork | None, script_dir: str, grace: float
@@ -1022,6 +1049,39 @@ class ContainerExecutor(Executor):
         if network is not None:
             await self._drop_network(network)
         await anyio.to_thread.run_sync(shutil.rmtree, script_dir, True)
+
+
+class _Follow:
+    """A log stream opened in a worker thread and closed from the loop, whichever comes
+    first (a stream that arrives after :meth:`close` is closed at once)."""
+
+    def __init__(self, opener: Callable[[], IO[bytes]]) -> None:
+        self._opener = opener
+        self._stream: IO[bytes] | None = None
+        self._closed = False
+        self._lock = threading.Lock()
+        self.error: Exception | None = None
+
+    def open(self) -> IO[bytes] | None:
+        try:
+            stream = self._opener()
+        except EngineError as exc:
+            self.error = exc
+            return None
+        with self._lock:
+            if not self._closed:
+                self._stream = stream
+                return stream
+        stream.close()
+        return None
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            stream, self._stream = self._stream, None
+        if stream is not None:
+            with contextlib.suppress(Exception):
+                stream.close()
 
 
 class _Output:
