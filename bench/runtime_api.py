@@ -20,6 +20,12 @@ Three processes, so that no two of them share an event loop:
 By default the server is pinned to CPU 0 and the clients to CPU 1 (``--no-pin``: let the OS
 place them).
 
+Besides latency, each workload records the CPU time the server process and the client process
+used (all their threads, from ``/proc``; Linux only) per request, warm-up included: a figure
+that other load on the machine hardly moves, and which says which side was the bottleneck —
+in closed loop the side whose CPU per request is ``1 / throughput`` is saturated. The table
+shows it for the closed loop only: paced, the idle event loops' own wake-ups dominate it.
+
 Workloads (every client sends the same kind of request):
 
 - ``bare``: ``GET /variable`` of the bare app; ``health``: ``GET /health`` of the runtime API
@@ -38,12 +44,20 @@ requests) before the clock starts for any of them. In paced mode the JSON also r
 the client sent its requests (``late_p99_ms``): a client falling behind its schedule would hide
 latency.
 
-Goal (issue 3): runtime API p99 under 5 ms and within 2x the bare endpoint.
+Goal (issue 3): runtime API p99 under 5 ms and within 2x the bare endpoint. In closed loop
+with 50 clients in flight on one server core, the mean latency is 50 x the server's CPU time
+per request, so "p99 under 5 ms" needs a request to cost well under 100 µs of CPU, which is
+about what the bare endpoint costs.
 
 Run from the project root::
 
-    /work/venv/bin/python -m bench.runtime_api            # about a minute
-    /work/venv/bin/python -m bench.runtime_api --quick    # smoke check
+    /work/venv/bin/python -m bench.runtime_api              # about a minute
+    /work/venv/bin/python -m bench.runtime_api --repeat 3   # three interleaved rounds, medians
+    /work/venv/bin/python -m bench.runtime_api --embedded   # attempts of the server's worker
+    /work/venv/bin/python -m bench.runtime_api --quick      # smoke check
+
+On a machine shared with other work, ``--repeat`` runs every workload several times, bare
+endpoint included, in turn, so that a burst of outside load does not land on one of them only.
 """
 
 from __future__ import annotations
@@ -52,6 +66,7 @@ import argparse
 import json
 import multiprocessing
 import os
+import statistics
 import tempfile
 import time
 from multiprocessing.connection import Connection
@@ -282,6 +297,18 @@ def client_main(conn: Connection, plan: dict[str, Any], cpu: int | None) -> None
 # -- orchestration -----------------------------------------------------------------------
 
 
+def cpu_seconds(pid: int | None) -> float | None:
+    """User + system CPU time of a process, all its threads; None where /proc is missing."""
+    if pid is None:
+        return None
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    # after the command name: state is field 3, utime and stime are fields 14 and 15
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def cache_counters(runtime_url: str) -> tuple[float, float]:
     """(hits, misses) of the variable cache, from the runtime API's /metrics."""
     from prometheus_client.parser import text_string_to_metric_families
@@ -297,10 +324,15 @@ def cache_counters(runtime_url: str) -> tuple[float, float]:
     return hits, misses
 
 
-def summarize(result: dict[str, Any]) -> dict[str, Any]:
+def summarize(result: dict[str, Any], cpu: dict[str, float | None], sent: int) -> dict[str, Any]:
     lat = [x * 1000 for x in result["latencies"]]
+    per_request = {
+        f"{side}_cpu_us": (seconds * 1e6 / sent if seconds is not None else None)
+        for side, seconds in cpu.items()
+    }
     return {
         "requests": len(lat),
+        **per_request,
         "per_s": len(lat) / result["elapsed"] if result["elapsed"] > 0 else None,
         **{f"{k}_ms": v for k, v in percentiles(lat, (50, 90, 99)).items()},
         "max_ms": max(lat) if lat else None,
@@ -308,6 +340,27 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
         "late_p99_ms": percentiles([x * 1000 for x in result["lateness"]], (99,))["p99"],
         "failures": {str(k): v for k, v in result["failures"].items()},
     }
+
+
+def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One summary of several rounds of a workload: the median of each figure (the failures
+    added up); every round is kept under ``rounds``."""
+    merged: dict[str, Any] = {}
+    for name, value in runs[0].items():
+        if name == "failures":
+            total: dict[str, int] = {}
+            for run in runs:
+                for status, count in run["failures"].items():
+                    total[status] = total.get(status, 0) + count
+            merged[name] = total
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            values = [run[name] for run in runs if run[name] is not None]
+            merged[name] = statistics.median(values) if values else None
+        else:
+            merged[name] = value
+    if len(runs) > 1:
+        merged["rounds"] = runs
+    return merged
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -325,6 +378,12 @@ def main(argv: list[str] | None = None) -> None:
         help="the jobs belong to the server process's own worker (as in `cronium serve`)",
     )
     parser.add_argument("--modes", default="closed,paced", help="closed, paced or both")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="rounds of every workload, interleaved (the table shows each figure's median)",
+    )
     parser.add_argument("--workloads", default=",".join(WORKLOADS), help="bare is always run")
     args = parser.parse_args(argv)
     if args.quick:
@@ -335,6 +394,7 @@ def main(argv: list[str] | None = None) -> None:
 
     ctx = multiprocessing.get_context("spawn")
     results: dict[str, dict[str, Any]] = {}
+    rounds: dict[str, list[dict[str, Any]]] = {}
     cache: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="cronium-bench-") as tmp:
         server_end, server_conn = ctx.Pipe()
@@ -370,23 +430,45 @@ def main(argv: list[str] | None = None) -> None:
                     "warmup": args.warmup,
                     "rate": args.rate,
                 }
+                pids = {"server": server.pid, "client": client.pid}
+                before = {side: cpu_seconds(pid) for side, pid in pids.items()}
                 client_end.send(spec)
-                summary = summarize(client_end.recv())
+                result = client_end.recv()
+                used: dict[str, float | None] = {}
+                for side, pid in pids.items():
+                    start, end = before[side], cpu_seconds(pid)
+                    used[side] = end - start if start is not None and end is not None else None
+                summary = summarize(result, used, args.clients * (n + args.warmup))
                 p50, p99, rate = summary["p50_ms"], summary["p99_ms"], summary["per_s"]
+                cpu = summary["server_cpu_us"]
                 line = f"  {mode:6} {kind:12} p50 {p50:.2f} ms  p99 {p99:.2f} ms  {rate:.0f}/s"
+                if cpu is not None and mode == "closed":
+                    line += f"  server {cpu:.0f} µs CPU/request"
                 print(line, flush=True)
                 return summary
 
             kinds = ["bare", *(k for k in args.workloads.split(",") if k != "bare")]
+            for round_ in range(args.repeat):
+                if args.repeat > 1:
+                    print(f"round {round_ + 1} of {args.repeat}", flush=True)
+                for mode in args.modes.split(","):
+                    for kind in kinds:
+                        key = f"{mode}:{kind}"
+                        before = cache_counters(plan["runtime"]) if kind == "get_variable" else None
+                        rounds.setdefault(key, []).append(run(kind, mode))
+                        if before is not None:
+                            after = cache_counters(plan["runtime"])
+                            hits, misses = after[0] - before[0], after[1] - before[1]
+                            cache[f"{mode}_hits"] = cache.get(f"{mode}_hits", 0.0) + hits
+                            cache[f"{mode}_misses"] = cache.get(f"{mode}_misses", 0.0) + misses
+                            rate = hits / (hits + misses)
+                            low = cache.get(f"{mode}_lowest_hit_rate", rate)
+                            cache[f"{mode}_lowest_hit_rate"] = min(low, rate)
             for mode in args.modes.split(","):
-                for kind in kinds:
-                    before = cache_counters(plan["runtime"]) if kind == "get_variable" else None
-                    results[f"{mode}:{kind}"] = run(kind, mode)
-                    if before is not None:
-                        after = cache_counters(plan["runtime"])
-                        hits, misses = after[0] - before[0], after[1] - before[1]
-                        cache[f"{mode}_hits"], cache[f"{mode}_misses"] = hits, misses
-                        cache[f"{mode}_hit_rate"] = hits / (hits + misses)
+                if f"{mode}_hits" in cache:
+                    hits, misses = cache[f"{mode}_hits"], cache[f"{mode}_misses"]
+                    cache[f"{mode}_hit_rate"] = hits / (hits + misses)
+            results.update({key: median_of(runs) for key, runs in rounds.items()})
             client_end.send(None)
             client.join(30)
         finally:
@@ -427,6 +509,9 @@ def report(
                     r["p99_ms"],
                     r["max_ms"],
                     f"{ratio:.2f}x",
+                    # paced, the idle loop's own wake-ups dominate: shown in the JSON only
+                    r["server_cpu_us"] if mode == "closed" else None,
+                    r["client_cpu_us"] if mode == "closed" else None,
                     sum(r["failures"].values()),
                 ]
             )
@@ -441,6 +526,7 @@ def report(
         f"{args.clients} clients; closed loop: {args.requests} requests per client; paced: "
         f"{args.paced_requests} per client at {args.rate:g}/s in all; "
         f"{'server on CPU 0, clients on CPU 1' if pin else 'not pinned'}"
+        + (f"; median of {args.repeat} rounds" if args.repeat > 1 else "")
     )
     print()
     print(
@@ -455,18 +541,23 @@ def report(
                 "p99 ms",
                 "max ms",
                 "p99 vs bare",
+                "server CPU µs/req",
+                "client CPU µs/req",
                 "non-200",
             ],
             rows,
-            align="llrrrrrrrr",
+            align="llrrrrrrrrrr",
         )
     )
     print()
     for mode in (m for m in modes if f"{m}_hit_rate" in cache):
+        lowest = ""
+        if args.repeat > 1:
+            lowest = f"; lowest round {cache[f'{mode}_lowest_hit_rate']:.2%}"
         print(
             f"variable cache hit rate ({mode}, GET variable): "
             f"{cache[f'{mode}_hit_rate']:.2%} ({cache[f'{mode}_hits']:.0f} hits, "
-            f"{cache[f'{mode}_misses']:.0f} misses)"
+            f"{cache[f'{mode}_misses']:.0f} misses{lowest})"
         )
     for name, verdict in verdicts.items():
         print(

@@ -24,7 +24,13 @@ from cronium_core.runtime import RuntimeService
 from cronium_core.tokens import ExecutionTokens
 from cronium_core.variables import VariableStore
 from cronium_runtime import create_app
-from cronium_runtime.metrics import CONTENT_TYPE, UNMATCHED, MetricsMiddleware, RuntimeMetrics
+from cronium_runtime.metrics import (
+    CONTENT_TYPE,
+    UNMATCHED,
+    MetricsMiddleware,
+    RequestStats,
+    RuntimeMetrics,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -233,3 +239,33 @@ def test_route_template_without_a_route_in_the_scope(tmp_path: Path) -> None:
              "root_path": "", "headers": []}  # fmt: skip
     assert middleware._template(scope) == VARIABLE
     assert middleware._template({**scope, "path": "/elsewhere"}) == UNMATCHED
+
+
+def test_request_stats_buckets_are_cumulative_and_inclusive() -> None:
+    # counted in plain numbers (no prometheus-client lock per request), exposed as the same
+    # counter and histogram families at scrape time
+    stats = RequestStats(buckets=(0.001, 0.01))
+    for seconds in (0.0005, 0.001, 0.005, 2.0):
+        stats.observe("GET", INPUT, 200, seconds)
+    stats.observe("PUT", VARIABLE, 400, 0.02)
+    registry = prometheus_client.CollectorRegistry()
+    registry.register(stats)
+    text = prometheus_client.generate_latest(registry).decode()
+    samples = {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+    labels = {"method": "GET", "route": INPUT, "status": "200"}
+
+    def bucket(le: str) -> float:
+        name = "cronium_runtime_request_duration_seconds_bucket"
+        return samples[(name, frozenset({**labels, "le": le}.items()))]
+
+    assert (bucket("0.001"), bucket("0.01"), bucket("+Inf")) == (2, 3, 4)  # le: at most
+    key = frozenset(labels.items())
+    assert samples[("cronium_runtime_request_duration_seconds_count", key)] == 4
+    assert samples[("cronium_runtime_request_duration_seconds_sum", key)] == pytest.approx(2.0065)
+    assert samples[("cronium_runtime_requests_total", key)] == 4
+    other = frozenset({"method": "PUT", "route": VARIABLE, "status": "400"}.items())
+    assert samples[("cronium_runtime_requests_total", other)] == 1

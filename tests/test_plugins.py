@@ -24,6 +24,7 @@ def hello_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """cronium-hello installed by pip into a directory of its own (offline: no index, no
     build isolation, the build backend comes from this environment)."""
     import hatchling  # noqa: F401  (the test extra installs it: a missing one is a failure)
+
     target = tmp_path_factory.mktemp("site")
     subprocess.run(
         [

@@ -289,3 +289,106 @@ def test_generate_key_and_repr() -> None:
     key = next(iter(keys))
     tokens = ExecutionTokens({"k": key}, "k")
     assert key not in repr(tokens)
+
+
+# -- verified tokens are remembered, never past their time -------------------------------
+
+
+@pytest.fixture
+def decodes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every token pyjwt is asked to verify (the real pyjwt still does it)."""
+    seen: list[str] = []
+    real = jwt.decode
+
+    def spy(token: str, *args: Any, **kwargs: Any) -> Any:
+        seen.append(token)
+        return real(token, *args, **kwargs)
+
+    monkeypatch.setattr(jwt, "decode", spy)
+    return seen
+
+
+def test_a_verified_token_is_remembered(
+    tokens: ExecutionTokens, clock: FakeClock, decodes: list[str]
+) -> None:
+    token = tokens.mint(running_job(clock))
+    first = tokens.verify(token)
+    for _ in range(3):
+        assert tokens.verify(token) == first
+    assert decodes == [token]  # the signature was checked once
+
+
+def test_a_remembered_token_still_dies_at_its_expiry(
+    tokens: ExecutionTokens, clock: FakeClock, decodes: list[str]
+) -> None:
+    token = tokens.mint(running_job(clock, timeout=100.0), grace=60)
+    tokens.verify(token)
+    clock.advance(160 + 29)
+    assert tokens.verify(token).execution_id == "job-1"  # inside the leeway, from memory
+    assert len(decodes) == 1
+    clock.advance(2)
+    for _ in range(2):
+        with pytest.raises(InvalidToken) as exc:
+            tokens.verify(token)
+        assert exc.value.reason == "expired"
+    assert token not in tokens._verified
+
+
+def test_a_remembered_token_is_refused_before_its_start(
+    tokens: ExecutionTokens, clock: FakeClock
+) -> None:
+    token = tokens.mint(running_job(clock))
+    tokens.verify(token)
+    clock.advance(-31)  # the clock was set back: the token is not valid yet
+    with pytest.raises(InvalidToken) as exc:
+        tokens.verify(token)
+    assert exc.value.reason == "not yet valid"
+
+
+def test_refused_tokens_are_never_remembered(tokens: ExecutionTokens, clock: FakeClock) -> None:
+    f = forger(tokens, running_job(clock))
+    genuine = f.good()
+    tokens.verify(genuine)
+    # a changed copy of a remembered token is a different text: checked in full, refused
+    for make in [_tampered, *(make for _, make in BAD_TOKENS)]:
+        token = make(f)
+        for _ in range(2):
+            with pytest.raises(InvalidToken):
+                tokens.verify(token)
+    assert list(tokens._verified) == [genuine]
+
+
+def test_changed_keys_or_claims_forget_remembered_tokens(clock: FakeClock) -> None:
+    tokens = ExecutionTokens({"k1": KEY, "k2": OTHER_KEY}, "k1", clock=clock)
+    token = tokens.mint(running_job(clock))
+    tokens.verify(token)
+    tokens.keys = {"k2": OTHER_KEY}  # k1 retired
+    with pytest.raises(InvalidToken):
+        tokens.verify(token)
+    # a kid's secret changed in place: the remembered entry no longer counts
+    tokens = ExecutionTokens({"k1": KEY}, "k1", clock=clock)
+    token = tokens.mint(running_job(clock))
+    tokens.verify(token)
+    tokens.keys["k1"] = "z" * 40  # type: ignore[index]
+    with pytest.raises(InvalidToken):
+        tokens.verify(token)
+    # issuer and audience too
+    for change in ({"issuer": "someone-else"}, {"audience": "cronium-web"}):
+        tokens = ExecutionTokens({"k1": KEY}, "k1", clock=clock)
+        token = tokens.mint(running_job(clock))
+        tokens.verify(token)
+        for name, value in change.items():
+            setattr(tokens, name, value)
+        with pytest.raises(InvalidToken):
+            tokens.verify(token)
+
+
+def test_remembered_tokens_are_bounded(
+    tokens: ExecutionTokens, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("cronium_core.tokens.VERIFIED_CACHE_SIZE", 2)
+    a, b, c = (tokens.mint(running_job(clock, id=f"job-{n}")) for n in "abc")
+    for token in (a, b, a, c):  # b is the least recently used when c comes
+        tokens.verify(token)
+    assert set(tokens._verified) == {a, c}
+    assert tokens.verify(b).execution_id == "job-b"  # verified again in full

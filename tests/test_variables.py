@@ -195,6 +195,102 @@ async def test_concurrent_creates_of_one_key(db_url: str, cipher: Cipher) -> Non
         assert len(await stores[0].list("alice")) == 1
 
 
+# -- writes committed in groups ------------------------------------------------------------
+
+
+def commits(store: DataStore) -> list[int]:
+    """A list that grows by one at every commit of a write transaction of ``store``."""
+    seen: list[int] = []
+    engine = store.thread_engine or store.engine.sync_engine
+    sa.event.listen(engine, "commit", lambda conn: seen.append(1))
+    return seen
+
+
+async def test_concurrent_writes_commit_in_groups(
+    variables: VariableStore, store: DataStore
+) -> None:
+    await variables.set("alice", "kept", "old value")
+    before = (await variables.get("alice", "kept")).created_at
+    committed = commits(store)
+    answers: dict[tuple[str, int], Any] = {}
+
+    async def write(key: str, n: int, value: Any) -> None:
+        answers[(key, n)] = await variables.set("alice", key, value)
+
+    async with anyio.create_task_group() as tg:
+        for n in range(30):
+            tg.start_soon(write, f"k{n}", n, {"n": n})
+        for n in (100, 101):  # one key twice in the same burst
+            tg.start_soon(write, "kept", n, f"value {n}")
+    assert len(committed) < 10  # 32 writes, a handful of transactions
+    for n in range(30):
+        assert answers[(f"k{n}", n)].value == {"n": n}
+        assert (await variables.get("alice", f"k{n}")).value == {"n": n}
+    # each caller got its own answer; the key holds one of them, created when it was
+    assert {answers[("kept", n)].value for n in (100, 101)} == {"value 100", "value 101"}
+    kept = await variables.get("alice", "kept")
+    assert kept.value in {"value 100", "value 101"} and kept.created_at == before
+    assert len(await variables.list("alice")) == 31
+
+
+async def test_one_refused_write_leaves_its_group_alone(variables: VariableStore) -> None:
+    await variables.set("alice", "password", "a long secret", secret=True)
+    outcomes: dict[str, Any] = {}
+
+    async def write(key: str, value: Any) -> None:
+        try:
+            outcomes[key] = await variables.set("alice", key, value)
+        except ValidationError as exc:
+            outcomes[key] = exc
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(write, "before", 1)
+        tg.start_soon(write, "password", "abc")  # still a secret, and too short for one
+        tg.start_soon(write, "after", 2)
+    assert isinstance(outcomes["password"], ValidationError)
+    assert (await variables.get("alice", "password")).value == "a long secret"
+    assert (await variables.get("alice", "before")).value == 1
+    assert (await variables.get("alice", "after")).value == 2
+
+
+async def test_a_failed_group_gives_each_writer_its_own_error(
+    variables: VariableStore, store: DataStore
+) -> None:
+    async with store.begin() as conn:
+        await conn.execute(sa.text("ALTER TABLE variables RENAME TO variables_away"))
+    errors: list[BaseException] = []
+
+    async def write(n: int) -> None:
+        try:
+            await variables.set("alice", f"k{n}", n)
+        except sa.exc.DBAPIError as exc:
+            errors.append(exc)
+
+    async with anyio.create_task_group() as tg:
+        for n in range(4):
+            tg.start_soon(write, n)
+    assert len(errors) == 4 and len({id(e) for e in errors}) == 4
+    async with store.begin() as conn:
+        await conn.execute(sa.text("ALTER TABLE variables_away RENAME TO variables"))
+    await variables.set("alice", "k0", "back")
+    assert (await variables.get("alice", "k0")).value == "back"
+    assert variables._pending == []
+
+
+async def test_a_write_cancelled_before_its_group_is_not_written(
+    variables: VariableStore,
+) -> None:
+    # another group is being committed (its writer holds the turn)
+    async with anyio.create_task_group() as tg, variables._committing:
+        tg.start_soon(variables.set, "alice", "late", 1)
+        while not variables._pending:
+            await anyio.lowlevel.checkpoint()
+        tg.cancel_scope.cancel()  # the writer gives up while it waits for its turn
+    assert variables._pending == []
+    with pytest.raises(VariableNotFound):
+        await variables.get("alice", "late")
+
+
 # -- K1: no plaintext at rest ------------------------------------------------------------
 
 
@@ -455,6 +551,68 @@ async def test_cache_counts_hits_and_misses(store: DataStore, cipher: Cipher) ->
     assert await read("s") == secret and cache.hits == hits
     # secrets are cached sealed
     assert secret not in repr(cache._entries) and "v1.new." in repr(cache._entries)
+
+
+async def test_concurrent_misses_of_one_variable_read_the_database_once(
+    store: DataStore, cipher: Cipher
+) -> None:
+    cache = VariableCache()
+    variables = VariableStore(store, cipher, cache)
+    await variables.set("alice", "k", {"v": 1})
+    queries: list[str] = []
+    engine = store.engine.sync_engine
+    sa.event.listen(engine, "before_cursor_execute", lambda *a: queries.append(a[2]))
+    got: list[Any] = []
+
+    async def read() -> None:
+        got.append((await variables.get("alice", "k")).value)
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(10):
+            tg.start_soon(read)
+    assert got == [{"v": 1}] * 10
+    assert len([q for q in queries if "FROM variables" in q]) == 1
+    assert (cache.misses, cache.hits, cache.joined_hits) == (1, 9, 9)
+
+
+async def test_readers_of_a_failed_read_read_for_themselves(
+    store: DataStore, cipher: Cipher
+) -> None:
+    cache = VariableCache()
+    variables = VariableStore(store, cipher, cache)
+    await variables.set("alice", "k", 1)
+    async with store.begin() as conn:
+        await conn.execute(sa.text("ALTER TABLE variables RENAME TO variables_away"))
+    failures: list[BaseException] = []
+
+    async def read() -> None:
+        try:
+            await variables.get("alice", "k")
+        except sa.exc.DBAPIError as exc:
+            failures.append(exc)
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(3):
+            tg.start_soon(read)
+    # the first read failed; the two that waited for it then tried, and failed, on their own
+    assert len(failures) == 3 and len({id(f) for f in failures}) == 3
+    assert (cache.misses, cache.joined_hits) == (3, 0) and cache._flights == {}
+    async with store.begin() as conn:
+        await conn.execute(sa.text("ALTER TABLE variables_away RENAME TO variables"))
+    assert (await variables.get("alice", "k")).value == 1
+
+
+async def test_a_write_during_a_read_is_not_joined(store: DataStore, cipher: Cipher) -> None:
+    # a lookup after a write must not wait for a read that began before it
+    cache = VariableCache()
+    variables = VariableStore(store, cipher, cache)
+    await variables.set("alice", "k", "old")
+    lookup = await cache.lookup("alice", "k")  # a read begins (and is not finished yet)
+    assert lookup.flight is not None
+    await variables.set("alice", "k", "new")
+    assert (await variables.get("alice", "k")).value == "new"
+    await cache.fill(lookup, None)  # the old read lands late: not cached (a write came since)
+    assert (await variables.get("alice", "k")).value == "new"
 
 
 async def test_cache_size_is_bounded(store: DataStore, cipher: Cipher) -> None:

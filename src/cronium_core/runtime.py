@@ -13,6 +13,14 @@ execution id of the route into the running :class:`~cronium_core.jobs.Job` it ma
 Writes are fenced on that same ``lease_id`` by the queue, so a token that passes
 :meth:`~RuntimeService.authorize` a moment before its job ends still writes nothing.
 
+The attempt check runs on every call and is never cached. An attempt of this process's own
+worker is answered from memory (:class:`LiveAttempts`). Any other is read from the job's row:
+on a SQLite file, by :class:`AttemptReader` — one indexed ``SELECT`` of three columns on a
+connection of its own, a few microseconds, run in place (no thread hop), and never waiting for
+a lock; otherwise (PostgreSQL, or when SQLite is busy) with :meth:`JobQueue.get
+<cronium_core.queue.JobQueue.get>`. The rest of the row (the input, the event, ...) does not
+change while an attempt runs, so it is read once per attempt and kept next to the check.
+
 Each execution gets a token bucket (:class:`RateLimiter`), in process; over it, ``RateLimited``.
 
 Variables belong to the user who owns the job's event (:mod:`cronium_core.variables`): a
@@ -23,16 +31,23 @@ raises :class:`FeatureUnavailable` for them (HTTP 501).
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import re
+import sqlite3
 import time
+import weakref
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
+import sqlalchemy as sa
 from anyio.abc import TaskStatus
+from sqlalchemy.dialects import sqlite as sqlite_dialect
 
+from . import schema
 from .datastore import DataStore
 from .errors import (
     CroniumError,
@@ -54,6 +69,7 @@ if TYPE_CHECKING:
     from .variables import VariableStore
 
 __all__ = [
+    "AttemptReader",
     "FeatureUnavailable",
     "RateLimiter",
     "RuntimeService",
@@ -123,6 +139,7 @@ class FeatureUnavailable(CroniumError):
         super().__init__(message)
 
 
+@functools.lru_cache(maxsize=4096)  # every call of a script checks its key: the same few
 def check_variable_key(key: str) -> str:
     """A variable key as the wire contract allows it, or ``ValidationError``: 1-128 of
     ``[A-Za-z0-9_.-]``, not starting with a reserved prefix (in any case)."""
@@ -230,6 +247,140 @@ class LiveAttempts:
         return attempt
 
 
+#: attempts whose job row is kept by :class:`AttemptReader` (a Job is a couple of KB)
+MAX_KEPT_ATTEMPTS = 10_000
+#: what :meth:`AttemptReader._peek` says when it cannot read the row here and now
+_UNKNOWN: Any = object()
+
+
+def _attempt_query() -> str:
+    jobs = schema.jobs
+    query = sa.select(jobs.c.status, jobs.c.lease_id, jobs.c.condition).where(
+        jobs.c.id == sa.bindparam("id")
+    )
+    return str(query.compile(dialect=sqlite_dialect.dialect()))
+
+
+_ATTEMPT_QUERY = _attempt_query()
+
+
+@attrs.define(eq=False)
+class AttemptReader:
+    """Whether a job still runs a given attempt, read from its row on every call.
+
+    On a SQLite file the status, lease and condition are read with one ``SELECT`` by primary
+    key on a ``sqlite3`` connection of the reader's own, in place (no thread hop: it takes a
+    few microseconds). Each statement is its own read transaction, so it sees every commit
+    made before it, by any process. It never waits: the connection's busy timeout is zero, and
+    when SQLite answers busy, or anything else goes wrong, the call falls back to
+    :meth:`JobQueue.get <cronium_core.queue.JobQueue.get>` (and the connection is opened
+    again next time). PostgreSQL and in-memory SQLite always use :meth:`JobQueue.get`.
+
+    The job's other columns do not change while an attempt runs, so on SQLite the row read by
+    an attempt's first call is kept for its next ones (:data:`MAX_KEPT_ATTEMPTS` of them, the
+    least recently used dropped); only the status, lease and condition are read every time."""
+
+    queue: JobQueue
+    #: job id -> the row read at the first call of its current attempt
+    _jobs: OrderedDict[str, Job] = attrs.field(init=False, factory=OrderedDict)
+    _conn: sqlite3.Connection | None = attrs.field(init=False, default=None)
+    _closer: weakref.finalize[Any, Any] | None = attrs.field(init=False, default=None)
+    #: False once the store turned out to have no file to read (or it cannot be opened)
+    _fast: bool = attrs.field(init=False, default=True)
+
+    async def running(self, job_id: str, lease_id: str) -> Job:
+        """The job, if ``lease_id`` is its running attempt; else ``InvalidToken``."""
+        state = self._peek(job_id)
+        if state is _UNKNOWN:
+            job = self._check(await self._get(job_id), lease_id)
+            return self._keep(job) if self._fast else job
+        if state is None:
+            self._jobs.pop(job_id, None)
+            raise InvalidToken("execution gone")
+        status, lease, condition = state
+        if status != JobStatus.RUNNING.value or lease != lease_id:
+            self._jobs.pop(job_id, None)
+            raise InvalidToken("attempt over (ended or re-claimed)")
+        kept = self._jobs.get(job_id)
+        if kept is None or kept.lease_id != lease_id:
+            # the attempt's first call here: the whole row, checked again (it may have moved)
+            return self._keep(self._check(await self._get(job_id), lease_id))
+        self._jobs.move_to_end(job_id)
+        job = kept
+        condition = None if condition is None else bool(condition)
+        if job.condition is not condition:  # set since, by another process
+            job = self._jobs[job_id] = attrs.evolve(job, condition=condition)
+        return job
+
+    def close(self) -> None:
+        """Close the connection (the next call opens it again)."""
+        closer, self._closer, self._conn = self._closer, None, None
+        if closer is not None:
+            closer()
+
+    async def _get(self, job_id: str) -> Job:
+        try:
+            return await self.queue.get(job_id)
+        except JobNotFound:
+            self._jobs.pop(job_id, None)
+            raise InvalidToken("execution gone") from None
+
+    def _check(self, job: Job, lease_id: str) -> Job:
+        if job.status is not JobStatus.RUNNING or job.lease_id != lease_id:
+            self._jobs.pop(job.id, None)
+            raise InvalidToken("attempt over (ended or re-claimed)")
+        return job
+
+    def _keep(self, job: Job) -> Job:
+        self._jobs[job.id] = job
+        self._jobs.move_to_end(job.id)
+        if len(self._jobs) > MAX_KEPT_ATTEMPTS:
+            self._jobs.popitem(last=False)
+        return job
+
+    def _peek(self, job_id: str) -> Any:
+        """(status, lease id, condition); ``None`` when there is no such job; ``_UNKNOWN``
+        when the row cannot be read here and now."""
+        conn = self._conn if self._conn is not None else self._connect()
+        if conn is None:
+            return _UNKNOWN
+        try:
+            # fetchall runs the statement to its end, which ends its read transaction too: a
+            # statement left open would keep this connection on an old snapshot
+            rows = conn.execute(_ATTEMPT_QUERY, (job_id,)).fetchall()
+        except sqlite3.Error as exc:
+            log.debug("attempt check: %s; reading through the queue", type(exc).__name__)
+            self.close()
+            return _UNKNOWN
+        return tuple(rows[0]) if rows else None
+
+    def _connect(self) -> sqlite3.Connection | None:
+        path = _sqlite_file(self.queue.store) if self._fast else None
+        if path is None:
+            self._fast = False
+            return None
+        try:
+            conn = sqlite3.connect(path, timeout=0, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA query_only = ON")
+        except sqlite3.Error as exc:
+            log.warning("attempt check: cannot open the database (%s); reading through the "
+                        "queue from now on", type(exc).__name__)  # fmt: skip
+            self._fast = False
+            return None
+        self._conn = conn
+        self._closer = weakref.finalize(self, conn.close)
+        return conn
+
+
+def _sqlite_file(store: DataStore) -> str | None:
+    """The file of a SQLite store, if a plain ``sqlite3`` connection can open it as the store
+    does; else ``None``."""
+    engine = store.thread_engine
+    if engine is None or engine.url.query:
+        return None  # not SQLite, in memory, or URI options we would have to replicate
+    return engine.url.database or None
+
+
 @attrs.define(eq=False)
 class RuntimeService:
     """What a running script may read and write about its own execution."""
@@ -245,7 +396,12 @@ class RuntimeService:
     tools: Any | None = attrs.field(default=None, kw_only=True)
     #: attempts run in this process (answered from memory); see :class:`LiveAttempts`
     live: LiveAttempts = attrs.field(factory=LiveAttempts, kw_only=True)
+    _attempts: AttemptReader = attrs.field(init=False, repr=False)
     _owners: dict[str, tuple[str, float]] = attrs.field(factory=dict, init=False, repr=False)
+
+    @_attempts.default
+    def _reader(self) -> AttemptReader:
+        return AttemptReader(self.queue)
 
     async def authorize(self, token: str | None, execution_id: str | None = None) -> Job:
         """The running job the token may act on. ``execution_id`` is the one named by the
@@ -272,13 +428,7 @@ class RuntimeService:
         live = self.live.get(claims.execution_id, claims.lease_id)
         if live is not None:
             return live.job
-        try:
-            job = await self.queue.get(claims.execution_id)
-        except JobNotFound:
-            raise InvalidToken("execution gone") from None
-        if job.status is not JobStatus.RUNNING or job.lease_id != claims.lease_id:
-            raise InvalidToken("attempt over (ended or re-claimed)")
-        return job
+        return await self._attempts.running(claims.execution_id, claims.lease_id)
 
     # -- the execution's own data ---------------------------------------------------
 

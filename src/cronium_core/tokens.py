@@ -17,6 +17,16 @@ by ``kid`` among the configured keys only, headers that point elsewhere for a ke
 Key rotation: tokens are minted with ``current_kid``; any configured kid verifies. Add the new
 key, make it current, and drop the old one once the longest job timeout has passed.
 
+A running script shows the same token on every call, so a token that verified is remembered by
+its exact text (a bounded LRU, :data:`VERIFIED_CACHE_SIZE` entries): the next call skips the
+parsing and the HMAC (about 0.1 ms of CPU) but not the time checks, which run on every call
+against the clock, so a remembered token still dies at its ``exp``. Only successes are
+remembered: a refused token is checked in full every time, and cannot fill the cache (only
+tokens signed by a configured key get in). The entry also notes the secret that verified it and
+is dropped if that kid's secret changes or goes; changing the keys, issuer, audience, leeway or
+clock of the instance empties the cache. Revocation is not a property of the token and is not
+cached here: the runtime service checks the attempt on every call.
+
 Neither the token nor a key ever goes into an exception, a log line or a ``repr``.
 """
 
@@ -24,6 +34,7 @@ from __future__ import annotations
 
 import math
 import secrets
+from collections import OrderedDict
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -46,6 +57,8 @@ REFUSED_HEADERS = frozenset({"jku", "x5u", "jwk", "x5c", "x5t", "x5t#S256", "cri
 REQUIRED_CLAIMS = ("iss", "aud", "sub", "jti", "att", "iat", "nbf", "exp")
 #: far above any token we mint; refuses junk before it is parsed
 MAX_TOKEN_CHARS = 4096
+#: verified tokens remembered (a few hundred bytes each): far more than scripts run at once
+VERIFIED_CACHE_SIZE = 10_000
 
 
 def generate_key() -> str:
@@ -87,6 +100,24 @@ def _check_current(instance: ExecutionTokens, _: attrs.Attribute[str], kid: str)
         raise ValidationError("current_kid", "must name one of the configured keys")
 
 
+@attrs.frozen
+class _Verified:
+    """A token that verified: its claims, its time claims as numbers, and the secret that
+    verified it (compared by identity: the entry is void once that kid's secret changes)."""
+
+    claims: ExecutionClaims
+    secret: str
+    exp: float
+    nbf: float
+    iat: float
+
+
+def _forget_verified(instance: ExecutionTokens, attribute: attrs.Attribute[Any], value: Any) -> Any:
+    # what verified under the old settings may not verify under the new ones
+    instance._verified.clear()
+    return value
+
+
 def _time_claim(payload: Mapping[str, Any], name: str) -> float:
     value = payload.get(name)
     # bool is an int in Python, and pyjwt would also take "123": neither is a NumericDate
@@ -95,7 +126,10 @@ def _time_claim(payload: Mapping[str, Any], name: str) -> float:
     return float(value)
 
 
-@attrs.define(eq=False)
+@attrs.define(
+    eq=False,
+    on_setattr=attrs.setters.pipe(attrs.setters.convert, attrs.setters.validate, _forget_verified),
+)
 class ExecutionTokens:
     """Mints and verifies execution tokens with a set of HS256 keys (``kid`` -> secret)."""
 
@@ -106,6 +140,10 @@ class ExecutionTokens:
     #: seconds of clock skew tolerated on ``exp``, ``nbf`` and ``iat``
     leeway: float = attrs.field(default=30.0, kw_only=True)
     clock: Clock = attrs.field(factory=SystemClock, kw_only=True)
+    #: tokens that verified, by their exact text, least recently used first
+    _verified: OrderedDict[str, _Verified] = attrs.field(
+        init=False, factory=OrderedDict, repr=False, on_setattr=attrs.setters.NO_OP
+    )
 
     def mint(self, job: Job, *, grace: float = 60.0) -> str:
         """A token for the job's current attempt, valid until its timeout plus ``grace``."""
@@ -130,6 +168,28 @@ class ExecutionTokens:
         Raises :class:`InvalidToken` for anything else; the reason says why, for the log."""
         if not isinstance(token, str) or not 0 < len(token) <= MAX_TOKEN_CHARS:
             raise InvalidToken("malformed token")
+        known = self._verified.get(token)
+        if known is not None:
+            if self.keys.get(known.claims.kid) is known.secret and self._in_time(known):
+                self._verified.move_to_end(token)
+                return known.claims
+            # out of its window (or its key changed): check it in full, which says why
+            del self._verified[token]
+        claims, verified = self._verify(token)
+        self._verified[token] = verified
+        if len(self._verified) > VERIFIED_CACHE_SIZE:
+            self._verified.popitem(last=False)
+        return claims
+
+    def _in_time(self, known: _Verified) -> bool:
+        now = self.clock.now().timestamp()
+        return (
+            known.exp > now - self.leeway
+            and known.nbf <= now + self.leeway
+            and known.iat <= now + self.leeway
+        )
+
+    def _verify(self, token: str) -> tuple[ExecutionClaims, _Verified]:
         try:
             header = jwt.get_unverified_header(token)
         except (jwt.PyJWTError, ValueError, TypeError):
@@ -169,7 +229,15 @@ class ExecutionTokens:
             raise InvalidToken("wrong issuer") from None
         except (jwt.PyJWTError, ValueError, TypeError):
             raise InvalidToken("malformed token") from None
-        return self._claims(payload, kid)
+        claims = self._claims(payload, kid)
+        verified = _Verified(
+            claims=claims,
+            secret=self.keys[kid],
+            exp=_time_claim(payload, "exp"),
+            nbf=_time_claim(payload, "nbf"),
+            iat=_time_claim(payload, "iat"),
+        )
+        return claims, verified
 
     def _claims(self, payload: Mapping[str, Any], kid: str) -> ExecutionClaims:
         exp = _time_claim(payload, "exp")

@@ -17,14 +17,28 @@ read first asks Valkey/Redis for the key's version, which every write replaces a
 a write made through any process is seen by the next read of every other process. Rows are
 cached as stored: a secret stays encrypted in every cache, in memory and in Valkey.
 
+A miss whose variable is being read from the database already (an entry expired and many
+scripts ask for it at once) waits for that read instead of making its own, provided no write
+went through this process since that read began; if that read fails, each waiting caller reads
+for itself.
+
 If Valkey cannot be reached, reads go to the database (correct, slower) and a warning is
 logged. A write whose version could not be replaced leaves the other processes' entries for
 that key stale until they expire (``ttl`` locally, ``ValkeyCache.ttl`` in Valkey).
+
+Writes are committed in groups: a write that arrives while another group's transaction is
+running waits for it, and then goes with every write that arrived meanwhile, in one
+transaction (one trip to the database's thread on SQLite: one read of the rows, one insert and
+one update statement for the lot). Each write still gets its own answer: written, or refused
+for its own reason (a secret too short) without the others being refused. A group that fails as
+a whole is retried one write per transaction, so that each caller sees its own error. A caller
+returns only once its write has committed and the caches have forgotten the old value.
 """
 
 from __future__ import annotations
 
 import builtins
+import functools
 import hashlib
 import json
 import logging
@@ -33,8 +47,9 @@ import uuid
 from collections.abc import Callable, Iterable
 from contextlib import AsyncExitStack
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
+import anyio
 import attrs
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
@@ -69,6 +84,10 @@ check_key = check_variable_key
 
 #: seconds a user's secret values are remembered for masking (see secret_values)
 SECRETS_TTL = 1.0
+#: the most writes committed in one transaction (two bound parameters each in its read)
+MAX_WRITE_GROUP = 200
+#: transactions tried for a group before its writes go one by one (a concurrent create)
+WRITE_TRIES = 3
 
 
 class VariableNotFound(NotFound):
@@ -150,8 +169,7 @@ class RotationReport:
 # -- caches ------------------------------------------------------------------------------
 
 
-@attrs.frozen
-class _Lookup:
+class _Lookup(NamedTuple):  # one per read: a tuple is built in a fraction of an attrs class
     owner: str
     key: str
     hit: bool
@@ -162,6 +180,19 @@ class _Lookup:
     writes: int
     #: the shared layer failed: neither use nor fill any cache
     bypass: bool = False
+    #: a miss: the database read that lookups of the same variable wait for
+    flight: _Flight | None = None
+
+
+@attrs.define(eq=False)
+class _Flight:
+    """A database read of one variable in progress. Lookups of the same variable (same
+    version, no local write since) wait for it instead of reading the database again."""
+
+    done: anyio.Event = attrs.field(factory=anyio.Event)
+    row: _Row | None = None
+    #: False: the read failed (or was cancelled); whoever waited reads for itself
+    ok: bool = False
 
 
 @attrs.define(eq=False)
@@ -268,9 +299,15 @@ class VariableCache:
     hits: int = attrs.field(init=False, default=0)
     #: of those, the ones Valkey served
     shared_hits: int = attrs.field(init=False, default=0)
+    #: of those, the ones that waited for another lookup's database read of the same variable
+    joined_hits: int = attrs.field(init=False, default=0)
     #: reads that went to the database
     misses: int = attrs.field(init=False, default=0)
     _entries: dict[tuple[str, str], _Entry] = attrs.field(init=False, factory=dict)
+    #: (owner, key, version, write count) -> the database read in progress
+    _flights: dict[tuple[str, str, str | None, int], _Flight] = attrs.field(
+        init=False, factory=dict
+    )
     _writes: int = attrs.field(init=False, default=0)
     _warned_at: float | None = attrs.field(init=False, default=None)
 
@@ -305,11 +342,40 @@ class VariableCache:
                 self.shared_hits += 1
                 self._keep(ident, row, version)
                 return _Lookup(owner, key, True, row, version, self._writes)
+        # a miss: if this variable is being read already (an entry just expired, and every
+        # script asks for it at once), wait for that read rather than make another
+        writes = self._writes
+        flight = self._flights.get((owner, key, version, writes))
+        if flight is not None:
+            await flight.done.wait()
+            if flight.ok:
+                self.hits += 1
+                self.joined_hits += 1
+                return _Lookup(owner, key, True, flight.row, version, writes)
+            self.misses += 1  # that read failed: this one is on its own
+            return _Lookup(owner, key, False, None, version, writes)
         self.misses += 1
-        return _Lookup(owner, key, False, None, version, self._writes)
+        flight = self._flights[(owner, key, version, writes)] = _Flight()
+        return _Lookup(owner, key, False, None, version, writes, flight=flight)
+
+    def abandon(self, lookup: _Lookup) -> None:
+        """The database read after a missed ``lookup`` failed: whoever waits for it reads
+        for itself."""
+        self._land(lookup, None, ok=False)
+
+    def _land(self, lookup: _Lookup, row: _Row | None, *, ok: bool) -> None:
+        flight = lookup.flight
+        if flight is None or flight.done.is_set():
+            return
+        ident = (lookup.owner, lookup.key, lookup.version, lookup.writes)
+        if self._flights.get(ident) is flight:
+            del self._flights[ident]
+        flight.row, flight.ok = row, ok
+        flight.done.set()
 
     async def fill(self, lookup: _Lookup, row: _Row | None) -> None:
         """Cache what the database said after a missed ``lookup``."""
+        self._land(lookup, row, ok=True)
         if lookup.bypass or lookup.hit or lookup.writes != self._writes:
             return  # a write began meanwhile: what was read may be older than it
         self._keep((lookup.owner, lookup.key), row, lookup.version)
@@ -358,6 +424,43 @@ class VariableCache:
 # -- the store ---------------------------------------------------------------------------
 
 
+def _write_statements() -> tuple[dict[bool, Any], ...]:
+    """The statements of a write group, built once: a statement built per call costs
+    SQLAlchemy more (its cache key) than running it. Keyed by "locked" (PostgreSQL: ``FOR
+    UPDATE``) for the reads, by "secret" (the value column NULL) for the writes."""
+    t = _table.c
+    columns = (t.id, t.owner, t.key, t.secret, t.created_at)  # not the values: unused
+    one = sa.select(*columns).where(t.owner == sa.bindparam("b_owner"),
+                                    t.key == sa.bindparam("b_key"))  # fmt: skip
+    many = (
+        sa.select(*columns)
+        .where(sa.tuple_(t.owner, t.key).in_(sa.bindparam("b_idents", expanding=True)))
+        .order_by(t.id)  # rows locked in one order in every process
+    )
+    by_id = sa.update(_table).where(t.id == sa.bindparam("b_id"))
+    return (
+        {False: one, True: one.with_for_update()},
+        {False: many, True: many.with_for_update()},
+        {False: sa.insert(_table), True: sa.insert(_table).values(value=sa.null())},
+        {False: by_id, True: by_id.values(value=sa.null())},
+    )
+
+
+_READ_ONE, _READ_MANY, _INSERT, _UPDATE = _write_statements()
+
+
+@attrs.define(eq=False)
+class _Write:
+    """One caller's write, waiting for its group to commit."""
+
+    owner: str
+    key: str
+    value: Any
+    secret: bool | None
+    #: set once the write's group has committed (or failed): the Variable, or why not
+    result: Variable | Exception | None = None
+
+
 @attrs.define(eq=False)
 class VariableStore:
     """Users' variables and secrets on a :class:`DataStore`."""
@@ -368,6 +471,9 @@ class VariableStore:
     _secrets: dict[str, tuple[builtins.list[str], float]] = attrs.field(
         factory=dict, init=False, repr=False
     )
+    #: writes waiting for the next group, and the turn to commit one
+    _pending: builtins.list[_Write] = attrs.field(factory=list, init=False, repr=False)
+    _committing: anyio.Lock = attrs.field(factory=anyio.Lock, init=False, repr=False)
 
     async def start(self, exit_stack: AsyncExitStack) -> None:
         await self.cache.start(exit_stack)
@@ -399,14 +505,23 @@ class VariableStore:
         _check_owner(owner)
         check_key(key)
         check_json_value(value, "value")
-        for _ in range(3):
-            try:
-                variable = await self._write(owner, key, value, secret)
-            except IntegrityError:
-                continue  # another writer created the key first: now it is an update
-            await self.cache.invalidate([(owner, key)])
-            return variable
-        raise Conflict(f"variable {key!r} is being written concurrently; try again")
+        if secret is not None and not isinstance(secret, bool):
+            raise ValidationError("secret", "must be true or false")
+        if secret:
+            check_secret_value(value)
+        write = _Write(owner, key, value, secret)
+        self._pending.append(write)
+        try:
+            async with self._committing:
+                await self._commit_until(write)
+        except BaseException:
+            if write.result is None and write in self._pending:
+                self._pending.remove(write)  # cancelled before its group began: not written
+            raise
+        if isinstance(write.result, Variable):
+            return write.result
+        assert write.result is not None  # _commit_until returns once the write has its answer
+        raise write.result
 
     async def delete(self, owner: str, key: str) -> None:
         self._secrets.pop(owner, None)
@@ -527,8 +642,12 @@ class VariableStore:
 
     async def _read(self, lookup: _Lookup) -> _Row | None:
         query = sa.select(_table).where(_table.c.owner == lookup.owner, _table.c.key == lookup.key)
-        async with self.store.read() as conn:
-            found = (await conn.execute(query)).first()
+        try:
+            async with self.store.read() as conn:
+                found = (await conn.execute(query)).first()
+        except BaseException:
+            self.cache.abandon(lookup)
+            raise
         row = _row(found) if found is not None else None
         await self.cache.fill(lookup, row)
         return row
@@ -540,44 +659,123 @@ class VariableStore:
         plaintext = self.cipher.decrypt(row.ciphertext, sealing_context(row.id, row.owner, row.key))
         return _variable(row, json.loads(plaintext))
 
-    async def _write(self, owner: str, key: str, value: Any, secret: bool | None) -> Variable:
-        self._secrets.pop(owner, None)
+    async def _commit_until(self, write: _Write) -> None:
+        """With the turn held: commit the writes waiting, in groups, until ``write`` is."""
+        while write.result is None:
+            group = self._pending[:MAX_WRITE_GROUP]
+            del self._pending[:MAX_WRITE_GROUP]
+            if not group:  # its group was cut short (see _commit): no answer to give
+                raise RuntimeError("a variable write was lost before it committed")
+            await self._commit(group)
+
+    async def _commit(self, group: builtins.list[_Write]) -> None:
+        """Write ``group`` and set each write's result. Shielded: once its transaction has
+        begun, a group's results must reach their callers."""
+        with anyio.CancelScope(shield=True):
+            try:
+                results = await self._transact(group)
+            except Exception as exc:
+                if len(group) == 1:
+                    results = [exc]
+                else:
+                    # the group failed as a whole (nothing written): one by one, each caller
+                    # gets its own answer and its own exception
+                    results = []
+                    for write in group:
+                        try:
+                            results.extend(await self._transact([write]))
+                        except Exception as one:
+                            results.append(one)
+            written = [(w.owner, w.key) for w, r in zip(group, results, strict=True)
+                       if isinstance(r, Variable)]  # fmt: skip
+            try:
+                for owner, _ in written:
+                    self._secrets.pop(owner, None)
+                await self.cache.invalidate(written)
+            finally:
+                # answered only now: whoever reads after its write returned sees it
+                for write, result in zip(group, results, strict=True):
+                    write.result = result
+
+    async def _transact(self, group: builtins.list[_Write]) -> builtins.list[Variable | Exception]:
+        for owner in {w.owner for w in group}:
+            self._secrets.pop(owner, None)
         now = self.store.clock.now()
-        query = sa.select(_table).where(_table.c.owner == owner, _table.c.key == key)
-        if self.store.is_postgres:
-            query = query.with_for_update()
-        async with self.store.begin() as conn:
-            existing = (await conn.execute(query)).first()
-            is_secret = secret if secret is not None else bool(existing and existing.secret)
-            row_id = existing.id if existing is not None else new_id()
-            values: dict[str, Any]
-            if is_secret:
-                check_secret_value(value)
-                plaintext = json.dumps(value, ensure_ascii=False).encode()
-                values = {
-                    "value": sa.null(),
-                    "ciphertext": self.cipher.encrypt(
-                        plaintext, sealing_context(row_id, owner, key)
-                    ),
-                    "key_id": self.cipher.current,
-                    "secret": True,
-                }
-            else:
-                values = {"value": value, "ciphertext": None, "key_id": None, "secret": False}
-            if existing is None:
-                created = now
-                await conn.execute(
-                    sa.insert(_table).values(
-                        id=row_id, owner=owner, key=key, created_at=now, updated_at=now, **values
-                    )
+        for _ in range(WRITE_TRIES):
+            try:
+                # one transaction in one trip (DataStore.transact): on SQLite one thread hop
+                return await self.store.transact(functools.partial(self._write, group, now))
+            except IntegrityError:
+                continue  # another writer created one of the keys first: now it is an update
+        if len(group) > 1:
+            raise Conflict("variables are being written concurrently")
+        return [Conflict(f"variable {group[0].key!r} is being written concurrently; try again")]
+
+    def _write(
+        self, group: builtins.list[_Write], now: datetime, conn: sa.Connection
+    ) -> builtins.list[Variable | Exception]:
+        """The group's writes, in order, in ``conn``'s transaction: the rows are read at once,
+        each key's final state is written with one statement per kind (insert, update)."""
+        idents = sorted({(w.owner, w.key) for w in group})
+        locked = self.store.is_postgres
+        if len(idents) == 1:
+            params: dict[str, Any] = {"b_owner": idents[0][0], "b_key": idents[0][1]}
+            found = conn.execute(_READ_ONE[locked], params)
+        else:
+            found = conn.execute(_READ_MANY[locked], {"b_idents": idents})
+        stored = {(r.owner, r.key): r for r in found}
+        #: (owner, key) -> [row id, created_at, secret, the row's values]
+        state: dict[tuple[str, str], builtins.list[Any]] = {}
+        results: builtins.list[Variable | Exception] = []
+        for w in group:
+            ident = (w.owner, w.key)
+            current = state.get(ident)
+            if current is None:
+                row = stored.get(ident)
+                current = (
+                    [row.id, row.created_at, bool(row.secret), None]
+                    if row is not None
+                    else [new_id(), now, False, None]
                 )
+            row_id, created, was_secret, _ = current
+            is_secret = w.secret if w.secret is not None else was_secret
+            try:
+                values = self._values(row_id, w.owner, w.key, w.value, is_secret)
+            except ValidationError as exc:
+                results.append(exc)  # this write alone is refused; the key keeps its state
+                continue
+            state[ident] = [row_id, created, is_secret, values]
+            results.append(Variable(owner=w.owner, key=w.key, value=w.value, secret=is_secret,
+                                    created_at=created, updated_at=now))  # fmt: skip
+        # by kind: a secret's value column is SQL NULL, which no bound parameter can say
+        inserts: dict[bool, builtins.list[dict[str, Any]]] = {False: [], True: []}
+        updates: dict[bool, builtins.list[dict[str, Any]]] = {False: [], True: []}
+        for (owner, key), (row_id, created, secret, values) in state.items():
+            values["updated_at"] = now
+            if (owner, key) in stored:
+                updates[secret].append({"b_id": row_id, **values})
             else:
-                created = existing.created_at
-                await conn.execute(
-                    sa.update(_table).where(_table.c.id == row_id).values(updated_at=now, **values)
-                )
-        return Variable(owner=owner, key=key, value=value, secret=is_secret, created_at=created,
-                        updated_at=now)  # fmt: skip
+                inserts[secret].append({"id": row_id, "owner": owner, "key": key,
+                                        "created_at": created, **values})  # fmt: skip
+        for secret in (False, True):
+            if inserts[secret]:
+                conn.execute(_INSERT[secret], inserts[secret])
+            if updates[secret]:
+                conn.execute(_UPDATE[secret], updates[secret])
+        return results
+
+    def _values(
+        self, row_id: str, owner: str, key: str, value: Any, secret: bool
+    ) -> dict[str, Any]:
+        if not secret:
+            return {"value": value, "ciphertext": None, "key_id": None, "secret": False}
+        check_secret_value(value)
+        plaintext = json.dumps(value, ensure_ascii=False).encode()
+        return {  # and the value column NULL (see _write)
+            "ciphertext": self.cipher.encrypt(plaintext, sealing_context(row_id, owner, key)),
+            "key_id": self.cipher.current,
+            "secret": True,
+        }
 
 
 def _row(r: sa.Row[Any]) -> _Row:

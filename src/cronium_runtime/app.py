@@ -60,17 +60,18 @@ def create_app(
     found on ``app.state.metrics``."""
     metrics = metrics if metrics is not None else RuntimeMetrics(service=service)
     api = _Handlers(service, max_body, metrics)
+    # the router tries the routes in order (a regex match each): the scripts' calls first
     routes: list[BaseRoute] = [
-        Route("/health", _health, methods=["GET"]),
-        Route("/metrics", api.metrics, methods=["GET"]),
-        Route("/openapi.json", _openapi, methods=["GET"]),
+        Route("/executions/{id}/variables/{key}", api.variable, methods=["GET", "PUT"]),
         Route("/executions/{id}/input", api.get_input, methods=["GET"]),
         Route("/executions/{id}/output", api.set_output, methods=["POST"]),
         Route("/executions/{id}/condition", api.get_condition, methods=["GET"]),
         Route("/executions/{id}/condition", api.set_condition, methods=["POST"]),
         Route("/executions/{id}/context", api.context, methods=["GET"]),
-        Route("/executions/{id}/variables/{key}", api.variable, methods=["GET", "PUT"]),
         Route("/tool-actions/execute", api.execute_tool_action, methods=["POST"]),
+        Route("/health", _health, methods=["GET"]),
+        Route("/metrics", api.metrics, methods=["GET"]),
+        Route("/openapi.json", _openapi, methods=["GET"]),
     ]
     app = Starlette(
         routes=routes,
@@ -152,8 +153,12 @@ async def _server_error(request: Request, exc: Exception) -> Response:
 
 
 def _bearer(request: Request) -> str | None:
-    header = request.headers.get("authorization")
-    if header is None:
+    # straight from the ASGI scope (names are lower case there): no Headers object per call
+    for name, value in request.scope["headers"]:
+        if name == b"authorization":
+            header = value.decode("latin-1")
+            break
+    else:
         return None
     scheme, _, token = header.strip().partition(" ")
     if scheme.lower() != "bearer":

@@ -1,0 +1,143 @@
+"""What the runtime API remembers between calls, and that none of it outlives revocation
+(RELIABILITY A2): verified tokens (``ExecutionTokens``), the job row of a running attempt
+(``AttemptReader``), the event's owner. Each test warms every cache first, then ends or
+re-claims the attempt *through another store* (another connection pool, as another process
+would) and checks that the very next request is refused."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+
+import pytest
+
+from cronium_core import FakeClock, Job, JobStatus, RetryPolicy
+from cronium_core.broker import LocalBroker
+from cronium_core.crypto import Cipher, generate_key
+from cronium_core.datastore import DataStore
+from cronium_core.engine import RunEngine
+from cronium_core.errors import InvalidToken
+from cronium_core.queue import JobQueue
+from cronium_core.runtime import AttemptReader
+from cronium_core.variables import VariableStore
+from tests.test_runtime_api import Runtime, ok, runtime, unauthorized
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@asynccontextmanager
+async def elsewhere(db_url: str, clock: FakeClock) -> AsyncIterator[RunEngine]:
+    """The same database seen by another process: a store and queue of its own."""
+    async with AsyncExitStack() as stack:
+        store = DataStore(url=db_url, clock=clock)
+        await store.start(stack)
+        yield RunEngine(store=store, queue=JobQueue(store=store, lease_seconds=30),
+                        broker=LocalBroker())  # fmt: skip
+
+
+@pytest.fixture
+async def rt(db_url: str, clock: FakeClock) -> AsyncIterator[Runtime]:
+    async with runtime(db_url, clock) as value:
+        cipher = Cipher.from_spec(f"c1:{generate_key()}")
+        value.service.variables = VariableStore(value.store, cipher)
+        yield value
+
+
+async def warm(rt: Runtime, job: Job, token: str) -> None:
+    """Calls that fill every cache: the token, the attempt's row, the owner, a variable."""
+    base = f"/executions/{job.id}"
+    ok(await rt.call("PUT", f"{base}/variables/k", token, json={"value": 1}))
+    for _ in range(3):
+        ok(await rt.call("GET", f"{base}/input", token))
+        assert ok(await rt.call("GET", f"{base}/variables/k", token))["value"] == 1
+    assert rt.tokens.verify(token).lease_id == job.lease_id  # remembered, and still valid
+
+
+async def test_finished_job_refused_on_the_very_next_request(
+    rt: Runtime, db_url: str, clock: FakeClock
+) -> None:
+    job, token = await rt.running_job(owner="alice")
+    await warm(rt, job, token)
+    assert job.lease_id is not None
+    async with elsewhere(db_url, clock) as other:
+        await other.finish_job(job.id, job.lease_id, status=JobStatus.SUCCEEDED, exit_code=0)
+    base = f"/executions/{job.id}"
+    unauthorized(await rt.call("GET", f"{base}/input", token))
+    unauthorized(await rt.call("GET", f"{base}/variables/k", token))
+    unauthorized(await rt.call("PUT", f"{base}/variables/k", token, json={"value": 2}))
+    unauthorized(await rt.call("POST", f"{base}/output", token, json={"data": "late"}))
+    # the token itself is still good (signature, exp): the refusal is the revocation's
+    assert rt.tokens.verify(token).execution_id == job.id
+    assert (await rt.queue.get(job.id)).output is None
+
+
+async def test_reclaimed_attempt_old_token_refused_on_the_very_next_request(
+    rt: Runtime, db_url: str, clock: FakeClock
+) -> None:
+    retry = RetryPolicy(max_attempts=2, backoff_base=1)
+    job, token1 = await rt.running_job(owner="alice", retry=retry)
+    await warm(rt, job, token1)
+    clock.advance(31)  # the worker is gone: its lease expires
+    async with elsewhere(db_url, clock) as other:
+        assert [j.id for j in (await other.reap()).requeued] == [job.id]
+        clock.advance(5)
+        [again] = await other.queue.claim("w2", 1)
+    assert again.id == job.id and again.attempt == 2
+    base = f"/executions/{job.id}"
+    unauthorized(await rt.call("GET", f"{base}/input", token1))
+    token2 = rt.tokens.mint(again)
+    ok(await rt.call("GET", f"{base}/input", token2))
+    ok(await rt.call("POST", f"{base}/output", token2, json={"data": "attempt 2"}))
+    # attempt 2's row is the one kept now: attempt 1 stays refused, for every route
+    unauthorized(await rt.call("GET", f"{base}/input", token1))
+    unauthorized(await rt.call("GET", f"{base}/variables/k", token1))
+    unauthorized(await rt.call("POST", f"{base}/output", token1, json={"data": "zombie"}))
+    assert (await rt.queue.get(job.id)).output == "attempt 2"
+
+
+async def test_condition_set_by_another_process_is_seen(
+    rt: Runtime, db_url: str, clock: FakeClock
+) -> None:
+    job, token = await rt.running_job()
+    path = f"/executions/{job.id}/condition"
+    assert ok(await rt.call("GET", path, token)) is False
+    assert job.lease_id is not None
+    async with elsewhere(db_url, clock) as other:
+        assert await other.queue.set_condition(job.id, job.lease_id, True)
+    assert ok(await rt.call("GET", path, token)) is True
+
+
+async def test_a_failing_fast_read_falls_back_to_the_queue(rt: Runtime, db_url: str) -> None:
+    job, token = await rt.running_job()
+    path = f"/executions/{job.id}/input"
+    ok(await rt.call("GET", path, token))
+    reader = rt.service._attempts
+    if not db_url.startswith("sqlite"):
+        # PostgreSQL has no fast read: every call already goes through JobQueue.get
+        assert not isinstance(reader, AttemptReader) or reader._conn is None
+        ok(await rt.call("GET", path, token))
+        return
+    assert isinstance(reader, AttemptReader) and reader._conn is not None
+    reader._conn.close()  # the connection breaks under it
+    ok(await rt.call("GET", path, token))  # answered through JobQueue.get
+    ok(await rt.call("GET", path, token))  # and the next call has a connection again
+    assert reader._conn is not None
+    assert job.lease_id is not None
+    await rt.engine.finish_job(job.id, job.lease_id, status=JobStatus.FAILED, exit_code=1)
+    unauthorized(await rt.call("GET", path, token))
+
+
+async def test_attempt_reader_without_a_file_reads_through_the_queue(clock: FakeClock) -> None:
+    # an in-memory SQLite database has no file another connection could open
+    async with AsyncExitStack() as stack:
+        store = DataStore(url="sqlite+aiosqlite:///:memory:", clock=clock)
+        await store.start(stack, upgrade=True)
+        reader = AttemptReader(JobQueue(store=store))
+        with pytest.raises(InvalidToken):
+            await reader.running("no-such-job", "lease")
+        assert reader._conn is None and not reader._fast
