@@ -38,9 +38,17 @@ def typing(session: nox.Session) -> None:
 
 @nox.session
 def tests_sqlite(session: nox.Session) -> None:
-    """The tests that need no PostgreSQL server."""
+    """The tests that need no PostgreSQL server and no container engine."""
     install(session)
-    session.run("pytest", "-m", "not postgres", *session.posargs)
+    session.run("pytest", "-m", "not postgres and not containers", *session.posargs)
+
+
+@nox.session
+def tests_containers(session: nox.Session) -> None:
+    """The docker and podman tests (engines started by scripts/services, images built by
+    scripts/images --tag test; as root)."""
+    install(session)
+    session.run("pytest", "-m", "containers", *session.posargs, env={"CI": "true"})
 
 
 @nox.session

@@ -7,6 +7,9 @@
    the same run, alternating so that both see the same machine. Goal (issue 4): p50 within 1.3x.
 2. 100 container jobs enqueued at once (``max_jobs=100``): all must succeed; the wall time is
    reported; afterwards no container or network of ours may be left.
+3. The relay's cost: a Python job times 200 paced ``GET /executions/{id}/input`` calls
+   to the runtime API from inside the job, run by the container executor (through the relay)
+   and by the local executor (straight to the API on loopback) of the same Cronium.
 
 Images come from ``scripts/images --tag TAG`` (default ``test``).
 
@@ -66,6 +69,37 @@ async def bare_once(engine: str, image: str) -> float:
     return time.perf_counter() - t0
 
 
+PROBE = """
+import os, time, urllib.request
+env = os.environ
+url = f"{env['CRONIUM_RUNTIME_API']}/executions/{env['CRONIUM_EXECUTION_ID']}/input"
+auth = {"Authorization": "Bearer " + env["CRONIUM_EXECUTION_TOKEN"]}
+req = urllib.request.Request(url, headers=auth)
+times = []
+for _ in range(230):  # paced under the per-execution rate limit (50/s)
+    t = time.perf_counter()
+    urllib.request.urlopen(req).read()
+    times.append(time.perf_counter() - t)
+    time.sleep(0.025)
+times = sorted(times[30:])
+import cronium
+cronium.output({"p50": times[len(times) // 2], "p99": times[int(len(times) * 0.99)]})
+"""
+
+
+async def relay_cost(cr: Cronium, engine: str) -> dict[str, Any]:
+    out = {}
+    for executor in (engine, "local"):
+        ev = await cr.events.add(
+            Event(name=f"probe-{executor}", action=Script(language="python", code=PROBE),
+                  executor=executor)
+        )  # fmt: skip
+        job = await cr.jobs.wait((await cr.run(ev)).id, timeout=120)
+        assert job.status is JobStatus.SUCCEEDED, job
+        out[executor] = job.output
+    return out
+
+
 async def measure(engine: str, tag: str, runs: int, concurrent: int) -> dict[str, Any]:
     image = f"cronium-bash:{tag}"
     bare: list[float] = []
@@ -73,7 +107,7 @@ async def measure(engine: str, tag: str, runs: int, concurrent: int) -> dict[str
     with tempfile.TemporaryDirectory() as tmp:
         async with Cronium(
             f"sqlite:///{Path(tmp) / 'bench.db'}",
-            executors=[engine],
+            executors=[engine, "local"],
             executor_config={engine: config(engine, tag, concurrent)},
             scheduler=False,
             max_jobs=max(concurrent, 1),
@@ -91,6 +125,7 @@ async def measure(engine: str, tag: str, runs: int, concurrent: int) -> dict[str
                 job = await cr.jobs.wait((await cr.run(ev)).id, timeout=60)
                 ours.append(time.perf_counter() - t0)
                 assert job.status is JobStatus.SUCCEEDED, job
+            relay = await relay_cost(cr, engine)
             wall = float("nan")
             succeeded = 0
             if concurrent:
@@ -118,6 +153,7 @@ async def measure(engine: str, tag: str, runs: int, concurrent: int) -> dict[str
         "concurrent_succeeded": succeeded,
         "concurrent_wall_s": wall,
         "left_behind": left,
+        "relay": relay,
     }
 
 
@@ -140,6 +176,19 @@ async def main_async(engines: list[str], tag: str, runs: int, concurrent: int) -
                 len(r["left_behind"]),
             ]
         )
+    relay_rows = [
+        [
+            engine,
+            f"{r['relay']['local']['p50'] * 1000:.2f}",
+            f"{r['relay']['local']['p99'] * 1000:.2f}",
+            f"{r['relay'][engine]['p50'] * 1000:.2f}",
+            f"{r['relay'][engine]['p99'] * 1000:.2f}",
+        ]
+        for engine, r in results.items()
+    ]
+    relay_table = format_table(
+        ["engine", "local job p50 ms", "p99", "container job (relay) p50 ms", "p99"], relay_rows
+    )
     table = format_table(
         [
             "engine",
@@ -155,7 +204,9 @@ async def main_async(engines: list[str], tag: str, runs: int, concurrent: int) -
         rows,
     )
     print(table)
-    return {"runs": runs, "results": results, "table": table}
+    print()
+    print(relay_table)
+    return {"runs": runs, "results": results, "table": table, "relay_table": relay_table}
 
 
 def main() -> None:
