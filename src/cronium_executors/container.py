@@ -973,11 +973,7 @@ class ContainerExecutor(Executor):
                         following.cancel_scope.cancel()
                 follow.close()
                 if self.backend.logs_end_early and not output.full:
-                    rest = _Follow(partial(self.backend.container_logs, cid, False))
-                    try:
-                        await self._pump(rest.open, output, skip=dict(output.received))
-                    finally:
-                        rest.close()
+                    await self._read_rest(cid, output)
                 if follow.error and not any(output.received.values()):
                     await emit(Stream.SYSTEM, f"cannot read the job's output: {follow.error}")
                 await output.finish()
@@ -996,6 +992,25 @@ class ContainerExecutor(Executor):
         if oom is not None and oom.killed and not state.oom_killed:
             state = attrs.evolve(state, oom_killed=True)
         return _outcome(state)
+
+    async def _read_rest(self, cid: str, output: _Output) -> None:
+        """After the job ended: what the stored log holds beyond what was followed. Under
+        load the engine has answered this with an error or nothing at all (seen once in
+        CI): ask again, briefly, before concluding there is nothing."""
+        empty_retried = False
+        for attempt in range(3):
+            rest = _Follow(partial(self.backend.container_logs, cid, False))
+            try:
+                await self._pump(rest.open, output, skip=dict(output.received))
+            finally:
+                rest.close()
+            if rest.error is None:
+                if any(output.received.values()) or empty_retried:
+                    return
+                empty_retried = True  # no output at all: likely so, but look once more
+            await anyio.sleep(0.05 * (attempt + 1))
+        if rest.error is not None:
+            log.warning("cannot read the rest of %s's output: %s", cid[:12], rest.error)
 
     async def _pump(
         self,
