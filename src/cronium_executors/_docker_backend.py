@@ -8,8 +8,7 @@ import docker
 import docker.errors
 import docker.types
 
-from ._oom import OomProbe
-from .container import (
+from ._container_engine import (
     Backend,
     ContainerSpec,
     ContainerState,
@@ -17,6 +16,7 @@ from .container import (
     NetworkSpec,
     RuntimeVersion,
 )
+from ._oom import OomProbe
 
 __all__ = ["DockerBackend"]
 

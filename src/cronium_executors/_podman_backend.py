@@ -11,8 +11,7 @@ import podman
 import podman.errors
 import requests
 
-from ._oom import OomProbe, cgroup_v1_memory_dir
-from .container import (
+from ._container_engine import (
     Backend,
     ContainerSpec,
     ContainerState,
@@ -20,6 +19,7 @@ from .container import (
     NetworkSpec,
     RuntimeVersion,
 )
+from ._oom import OomProbe, cgroup_v1_memory_dir
 
 __all__ = ["PodmanBackend"]
 

@@ -23,7 +23,9 @@ periodically the executor removes what a dead worker on this host left behind (t
 themselves are re-run by the queue when their lease expires).
 
 Engine calls are blocking (the docker SDK and podman-py both sit on ``requests``): they run in
-worker threads, never on the event loop. The engine-specific part is a :class:`Backend`.
+worker threads, never on the event loop. The engine-specific part is a :class:`Backend`
+(:mod:`._container_engine`, with the engine-neutral specs); settings and per-event options are
+checked in :mod:`._container_config`.
 """
 
 from __future__ import annotations
@@ -39,15 +41,14 @@ import re
 import secrets
 import shutil
 import socket
-import struct
 import tempfile
 import threading
 import urllib.parse
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from functools import partial
 from pathlib import Path
-from typing import IO, Any, Protocol, TypeVar
+from typing import IO, Any, TypeVar
 
 import anyio
 import anyio.from_thread
@@ -61,6 +62,21 @@ from cronium_core.events import Action, Script
 from cronium_core.executors import ExecutionRequest, Executor, LogSink, Outcome
 from cronium_core.jobs import Stream
 
+from ._container_config import LANGUAGES, ContainerSettings, JobOptions, parse_size
+from ._container_engine import (
+    WORK_DIR,
+    Backend,
+    ContainerSpec,
+    ContainerState,
+    EngineError,
+    NetworkSpec,
+    RuntimeVersion,
+    is_local,
+    owner_is_dead,
+    process_owner,
+    read_frames,
+    runtime_problem,
+)
 from ._lines import LineSplitter
 from ._oom import OomProbe
 from ._process import signal_name
@@ -75,7 +91,10 @@ __all__ = [
     "JobOptions",
     "NetworkSpec",
     "RuntimeVersion",
+    "owner_is_dead",
     "parse_size",
+    "process_owner",
+    "read_frames",
     "runtime_problem",
 ]
 
@@ -91,19 +110,13 @@ ATTEMPT = f"{LABEL}.attempt"
 
 #: where the script is mounted (read-only) and the work dir (tmpfs) inside a job container
 SCRIPT_DIR = "/cronium/job"
-WORK_DIR = "/work"
 RELAY_PORT = 8080
 RUNTIME_URL = f"http://runtime:{RELAY_PORT}"
 
-_SUFFIXES = {"bash": ".sh", "python": ".py", "node": ".js"}
 _GATE = "start-gate"
 _SCRIPT_DIR_NAME = re.compile(r"cronium-ctr-(\d+)-(\d+)-\w+")
-#: each engine its own pool of job subnets (one host may run both)
-_DEFAULT_POOLS = {"docker": "10.213.0.0/16", "podman": "10.214.0.0/16"}
 _BASH_SDK = "/usr/local/lib/cronium/cronium.sh"
 _NODE_GLOBAL = "/node_modules/cronium/global.js"
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
-_IMAGE = re.compile(r"^[a-z0-9][a-z0-9._/:@-]{0,254}$")
 #: the runtime's minimal environment; the request's env comes on top
 _BASE_ENV = {
     "PATH": "/usr/local/bin:/usr/bin:/bin",
@@ -112,388 +125,6 @@ _BASE_ENV = {
     "LANG": "C.UTF-8",
     "PYTHONUNBUFFERED": "1",
 }
-
-
-class EngineError(Exception):
-    """The container engine refused or failed a call."""
-
-
-def parse_size(value: object, field: str) -> int:
-    """``"256m"``, ``"1g"``, ``"64MiB"`` or a number of bytes -> bytes."""
-    if isinstance(value, bool):
-        raise ValidationError(field, "must be a size like '256m'")
-    if isinstance(value, int):
-        size = value
-    elif isinstance(value, str) and (match := _SIZE.match(value)):
-        number, unit = match.groups()
-        size = int(float(number) * 1024 ** "bkmgt".index(unit.lower() or "b"))
-    else:
-        raise ValidationError(field, "must be a size like '256m'")
-    if size <= 0:
-        raise ValidationError(field, "must be positive")
-    return size
-
-
-def _check_image(image: object, field: str) -> str:
-    # an image reference never reaches a shell, but "--privileged" must not look like one
-    if not isinstance(image, str) or not _IMAGE.match(image):
-        raise ValidationError(field, "must be an image reference like 'cronium-python:latest'")
-    return image
-
-
-@attrs.frozen(kw_only=True)
-class JobOptions:
-    """What an event may choose (``Event.executor_options``), checked at run time."""
-
-    image: str | None = None
-    memory: int = 256 * 1024**2
-    cpus: float = 1.0
-    pids: int = 256
-    #: ``isolated`` (default): a job network whose only other member is the runtime relay;
-    #: ``none``: no network at all; ``egress``: a network with a route out (opt-in)
-    network: str = "isolated"
-    tmp_size: int = 64 * 1024**2
-
-    @classmethod
-    def parse(cls, options: Mapping[str, Any], limits: JobOptions) -> JobOptions:
-        """Check an event's options against the executor's limits; defaults are capped by
-        the limits too."""
-        known = {"image", "memory", "cpus", "pids", "network", "tmp_size"}
-        for key in options:
-            if key not in known:
-                raise ValidationError(
-                    f"executor_options.{key}",
-                    f"is not an option (known: {', '.join(sorted(known))})",
-                )
-        defaults = cls()
-        values: dict[str, Any] = {
-            "memory": min(defaults.memory, limits.memory),
-            "cpus": min(defaults.cpus, limits.cpus),
-            "pids": min(defaults.pids, limits.pids),
-            "tmp_size": min(defaults.tmp_size, limits.tmp_size),
-        }
-        if "image" in options:
-            values["image"] = _check_image(options["image"], "executor_options.image")
-        for key in ("memory", "tmp_size"):
-            if key in options:
-                size = parse_size(options[key], f"executor_options.{key}")
-                if size > getattr(limits, key):
-                    raise ValidationError(
-                        f"executor_options.{key}", f"may be at most {getattr(limits, key)} bytes"
-                    )
-                values[key] = size
-        if "cpus" in options:
-            cpus = options["cpus"]
-            if isinstance(cpus, bool) or not isinstance(cpus, int | float):
-                raise ValidationError("executor_options.cpus", "must be a number")
-            if not 0 < cpus <= limits.cpus:
-                raise ValidationError("executor_options.cpus", f"must be in (0, {limits.cpus}]")
-            values["cpus"] = float(cpus)
-        if "pids" in options:
-            pids = options["pids"]
-            if isinstance(pids, bool) or not isinstance(pids, int) or not 8 <= pids <= limits.pids:
-                raise ValidationError("executor_options.pids", f"must be in [8, {limits.pids}]")
-            values["pids"] = pids
-        if "network" in options:
-            if options["network"] not in ("isolated", "none", "egress"):
-                raise ValidationError(
-                    "executor_options.network", "must be 'isolated', 'none' or 'egress'"
-                )
-            values["network"] = options["network"]
-        return cls(**values)
-
-
-def _default_images() -> dict[str, str]:
-    return {language: f"cronium-{language}:latest" for language in _SUFFIXES}
-
-
-@attrs.frozen(kw_only=True)
-class ContainerSettings:
-    """The executor's configuration (``executor_config["docker"]`` and the like)."""
-
-    #: the engine's API address (docker: ``unix:///var/run/docker.sock``; podman:
-    #: ``unix:///run/podman/podman.sock``); empty: the engine's usual default
-    url: str = ""
-    #: the image per script language
-    images: Mapping[str, str] = attrs.field(factory=_default_images)
-    #: the image the relay runs in (it needs ``python3`` and ``/usr/local/bin/cronium-relay``)
-    relay_image: str = "cronium-base:latest"
-    user: str = "1000:1000"
-    #: the most an event may ask for; also the defaults' ceiling
-    limits: JobOptions = attrs.field(
-        factory=lambda: JobOptions(memory=2 * 1024**3, cpus=2.0, pids=1024, tmp_size=1024**3)
-    )
-    work_size: int = 64 * 1024**2
-    nofile: int = 1024
-    #: processes of the job's uid *on the host* (shared by every job container running as
-    #: that uid); the per-job cap is the PID limit
-    nproc: int = 4096
-    #: a seccomp profile (JSON file) instead of the engine's default one
-    seccomp_profile: str | None = None
-    #: job networks are /28 subnets of this pool (not used by anything else on the host)
-    subnet_pool: str = "10.213.0.0/16"
-    #: the network from which the relay reaches the runtime API (created when missing)
-    control_network: str = "cronium-control"
-    #: job networks kept ready (relay connected)
-    network_pool: int = 2
-    #: host directory for the scripts (bind-mounted read-only into the jobs)
-    script_root: str = attrs.field(factory=tempfile.gettempdir)
-    #: bytes of output kept per job; the rest is dropped after a marker line
-    max_log_bytes: int = 16 * 1024**2
-    #: seconds between sweeps for what dead workers left behind
-    reap_interval: float = 30.0
-    #: start even on an OCI runtime older than :data:`MIN_RUNC` without a known backport
-    allow_unpatched_runtime: bool = False
-
-    @classmethod
-    def from_config(cls, config: Mapping[str, Any], *, engine: str) -> ContainerSettings:
-        values = dict(config)
-        simple: dict[str, type | tuple[type, ...]] = {
-            "url": str,
-            "relay_image": str,
-            "user": str,
-            "seccomp_profile": str,
-            "subnet_pool": str,
-            "control_network": str,
-            "network_pool": int,
-            "script_root": str,
-            "max_log_bytes": int,
-            "reap_interval": (int, float),
-            "nofile": int,
-            "nproc": int,
-            "allow_unpatched_runtime": bool,
-        }
-        out: dict[str, Any] = {}
-        for key, value in values.items():
-            field = f"executors.{engine}.{key}"
-            if key in simple:
-                wants_bool = simple[key] is bool
-                if not isinstance(value, simple[key]) or (isinstance(value, bool) != wants_bool):
-                    raise ValidationError(field, "has the wrong type")
-                out[key] = value
-            elif key == "images":
-                if not isinstance(value, Mapping):
-                    raise ValidationError(field, "must map languages to images")
-                images = _default_images()
-                for language, image in value.items():
-                    if language not in images:
-                        raise ValidationError(field, f"{language!r} is not a script language")
-                    images[language] = _check_image(image, f"{field}.{language}")
-                out["images"] = images
-            elif key == "limits":
-                if not isinstance(value, Mapping):
-                    raise ValidationError(field, "must be a mapping")
-                out["limits"] = _limits(value, field)
-            elif key == "work_size":
-                out["work_size"] = parse_size(value, field)
-            else:
-                raise ValidationError(field, "is not a setting of it")
-        out.setdefault("subnet_pool", _DEFAULT_POOLS.get(engine, cls.subnet_pool))
-        settings = cls(**out)
-        _check_image(settings.relay_image, f"executors.{engine}.relay_image")
-        try:
-            pool = ipaddress.ip_network(settings.subnet_pool)
-        except ValueError as exc:
-            raise ValidationError(f"executors.{engine}.subnet_pool", str(exc)) from None
-        if pool.version != 4 or pool.prefixlen > 24:
-            raise ValidationError(f"executors.{engine}.subnet_pool", "must be IPv4, /24 or larger")
-        if not re.fullmatch(r"\d+(:\d+)?", settings.user) or settings.user.split(":")[0] == "0":
-            raise ValidationError(f"executors.{engine}.user", "must be a non-root uid[:gid]")
-        return settings
-
-
-def _limits(value: Mapping[str, Any], field: str) -> JobOptions:
-    out: dict[str, Any] = {}
-    for key, item in value.items():
-        if key in ("memory", "tmp_size"):
-            out[key] = parse_size(item, f"{field}.{key}")
-        elif key in ("cpus", "pids"):
-            if isinstance(item, bool) or not isinstance(item, int | float) or item <= 0:
-                raise ValidationError(f"{field}.{key}", "must be positive")
-            out[key] = float(item) if key == "cpus" else int(item)
-        else:
-            raise ValidationError(f"{field}.{key}", "is not a limit")
-    return JobOptions(**out)
-
-
-#: the oldest runc without CVE-2024-21626 ("Leaky Vessels", a container escape through a leaked
-#: working-directory fd)
-MIN_RUNC = (1, 1, 12)
-#: distribution builds of older runc versions that carry the fix (package version: advisory)
-PATCHED_BUILDS = {
-    # its changelog: "CVE-2024-21626: several container breakouts due to internally leaked fds"
-    "1.1.5+ds1-1+deb12u1": "Debian bookworm-security, 2024-02-02",
-}
-
-
-@attrs.frozen(kw_only=True)
-class RuntimeVersion:
-    """The engine's OCI runtime: name (``runc``), upstream version, distribution build."""
-
-    name: str
-    version: str
-    build: str = ""
-
-    def __str__(self) -> str:
-        return f"{self.name} {self.version}" + (f" (build {self.build})" if self.build else "")
-
-
-def runtime_problem(runtime: RuntimeVersion) -> str | None:
-    """Why this OCI runtime is unsafe to run untrusted jobs on, or None. Only runc is
-    checked; crun and others are reported as they are."""
-    if runtime.name != "runc":
-        return None
-    match = re.match(r"(\d+)\.(\d+)\.(\d+)", runtime.version)
-    if match is None:
-        return f"cannot tell the version of {runtime}"
-    if tuple(int(x) for x in match.groups()) >= MIN_RUNC:
-        return None
-    if runtime.build in PATCHED_BUILDS:
-        return None
-    minimum = ".".join(map(str, MIN_RUNC))
-    return f"{runtime} is older than {minimum} (CVE-2024-21626) and not a known patched build"
-
-
-@attrs.frozen(kw_only=True)
-class NetworkSpec:
-    name: str
-    subnet: str
-    internal: bool
-    labels: Mapping[str, str]
-
-
-@attrs.frozen(kw_only=True)
-class ContainerSpec:
-    """A container, in terms both engines understand."""
-
-    name: str
-    image: str
-    command: Sequence[str]
-    env: Mapping[str, str]
-    labels: Mapping[str, str]
-    user: str
-    workdir: str = WORK_DIR
-    #: network name, or None for no network at all
-    network: str | None = None
-    hosts: Mapping[str, str] = attrs.field(factory=dict)
-    memory: int = 256 * 1024**2
-    nano_cpus: int = 1_000_000_000
-    pids: int = 256
-    nofile: int = 1024
-    nproc: int = 4096
-    #: mount point -> size in bytes (mounted rw,noexec,nosuid,nodev)
-    tmpfs: Mapping[str, int] = attrs.field(factory=dict)
-    #: (host path, container path), mounted read-only
-    binds: Sequence[tuple[str, str]] = ()
-    read_only: bool = True
-    seccomp_profile: str | None = None
-    #: hardening off: only for the relay, which needs none of it relaxed anyway
-    hardened: bool = True
-
-
-@attrs.frozen(kw_only=True)
-class ContainerState:
-    running: bool
-    exit_code: int | None
-    oom_killed: bool
-    error: str = ""
-
-
-class Backend(Protocol):
-    """The engine-specific calls. All blocking; the executor runs them in threads."""
-
-    engine: str
-    #: the engine's follow stream may end before everything written was read
-    logs_end_early: bool
-    #: the engine does not report OOM kills reliably: jobs wait for :meth:`oom_probe`
-    oom_probe_needed: bool
-
-    def ping(self) -> None: ...
-    def runtime_version(self) -> RuntimeVersion: ...
-    def close(self) -> None: ...
-    def image_exists(self, image: str) -> bool: ...
-    def network_create(self, spec: NetworkSpec) -> None: ...
-    def network_gateway(self, name: str) -> str | None: ...
-    def network_connect(self, network: str, container: str) -> str: ...
-    def network_disconnect(self, network: str, container: str) -> None: ...
-    def network_remove(self, name: str) -> None: ...
-    def networks(self, label: str) -> list[tuple[str, dict[str, str]]]: ...
-    def container_create(self, spec: ContainerSpec) -> str: ...
-    def container_start(self, cid: str) -> None: ...
-    def container_logs(self, cid: str, follow: bool) -> IO[bytes]: ...
-    def container_wait(self, cid: str) -> None: ...
-    def container_state(self, cid: str) -> ContainerState: ...
-    def container_stop(self, cid: str, timeout: float) -> None: ...
-    def container_remove(self, cid: str) -> None: ...
-    def container_inspect(self, cid: str) -> dict[str, Any]: ...
-    def containers(self, label: str) -> list[tuple[str, dict[str, str]]]: ...
-    def oom_probe(self, cid: str) -> OomProbe | None:
-        """Called right after start: a watcher of OOM kills, for engines that do not report
-        them reliably (None: the engine's ``oom_killed`` is right)."""
-        ...
-
-
-def read_frames(raw: IO[bytes]) -> Iterator[tuple[int, bytes]]:
-    """The engines' multiplexed log stream: 8-byte headers (stream, 0, 0, 0, big-endian
-    length) each followed by that many bytes. Yields ``(1 | 2, data)``."""
-    while True:
-        header = _read_exactly(raw, 8)
-        if len(header) < 8:
-            return
-        stream, length = struct.unpack(">BxxxL", header)
-        data = _read_exactly(raw, length)
-        if data:
-            yield stream, data
-        if len(data) < length:
-            return
-
-
-def _read_exactly(raw: IO[bytes], size: int) -> bytes:
-    parts: list[bytes] = []
-    while size > 0:
-        chunk = raw.read(size)
-        if not chunk:
-            break
-        parts.append(chunk)
-        size -= len(chunk)
-    return b"".join(parts)
-
-
-def process_owner(pid: int | None = None) -> str:
-    """``host:pid:start`` naming a process on this host for as long as it lives (the start
-    time tells a recycled pid apart)."""
-    pid = os.getpid() if pid is None else pid
-    return f"{socket.gethostname()}:{pid}:{_start_time(pid)}"
-
-
-def _start_time(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            fields = stat.read().rsplit(b")", 1)[1].split()
-        return fields[19].decode()
-    except (OSError, IndexError):
-        return "?"
-
-
-def _is_local(host: str) -> bool:
-    """Whether a URL's host is this machine's loopback or wildcard address (no DNS)."""
-    if host == "localhost":
-        return True
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return address.is_loopback or address.is_unspecified
-
-
-def owner_is_dead(owner: str) -> bool:
-    """Whether the process an owner label names is gone. Owners on other hosts are alive
-    as far as this host can tell."""
-    host, _, rest = owner.partition(":")
-    pid_text, _, start = rest.partition(":")
-    if host != socket.gethostname() or not pid_text.isdigit() or start == "?":
-        return False
-    return _start_time(int(pid_text)) != start
 
 
 @attrs.define
@@ -595,7 +226,7 @@ class ContainerExecutor(Executor):
         if parsed.port is None or parsed.hostname is None or self._gateway is None:
             return
         host = parsed.hostname
-        if _is_local(host):
+        if is_local(host):
             # served by this worker: on loopback and, same port, on the control bridge
             host = self._gateway
         # else a runtime service elsewhere (``cronium runtime``): the relay goes there
@@ -821,7 +452,7 @@ class ContainerExecutor(Executor):
         return isinstance(action, Script)
 
     def _command(self, script: Script) -> list[str]:
-        path = f"{SCRIPT_DIR}/script{_SUFFIXES[script.language]}"
+        path = f"{SCRIPT_DIR}/script{LANGUAGES[script.language]}"
         if script.language == "python":
             return ["python3", path]
         if script.language == "node":
@@ -905,7 +536,7 @@ class ContainerExecutor(Executor):
         prefix = f"cronium-ctr-{pid}-{start}-"
         directory = tempfile.mkdtemp(prefix=prefix, dir=self.settings.script_root)
         os.chmod(directory, 0o711)  # the container's user may read the script, not list others
-        path = Path(directory, f"script{_SUFFIXES[script.language]}")
+        path = Path(directory, f"script{LANGUAGES[script.language]}")
         path.write_text(script.code, encoding="utf-8")
         path.chmod(0o644)
         if self.backend.oom_probe_needed:
