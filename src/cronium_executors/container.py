@@ -626,16 +626,17 @@ class ContainerExecutor(Executor):
 
     async def _read_rest(self, cid: str, output: _Output) -> None:
         """After the job ended: what the stored log holds beyond what was followed. Under
-        load the engine has answered this with an error or nothing at all (seen once in
-        CI): ask again, briefly, before concluding there is nothing."""
+        load the engine's stored log can lag its report of the exit (seen in CI: an answer
+        with an error, with nothing, or ending mid-line): ask again, briefly, before
+        concluding that is all."""
         empty_retried = False
-        for attempt in range(3):
+        for attempt in range(5):
             rest = _Follow(partial(self.backend.container_logs, cid, False))
             try:
                 await self._pump(rest.open, output, skip=dict(output.received))
             finally:
                 rest.close()
-            if rest.error is None:
+            if rest.error is None and not output.mid_line:
                 if any(output.received.values()) or empty_retried:
                     return
                 empty_retried = True  # no output at all: likely so, but look once more
@@ -747,6 +748,11 @@ class _Output:
     @property
     def full(self) -> bool:
         return self._budget <= 0
+
+    @property
+    def mid_line(self) -> bool:
+        """Whether a stream's last line has no newline yet."""
+        return any(splitter.pending for splitter in self._splitters.values())
 
     async def feed(self, number: int, data: bytes) -> None:
         number = number if number in self._splitters else 1
