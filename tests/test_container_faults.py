@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -41,6 +39,7 @@ from tests.containers import (
     leftovers,
     require,
 )
+from tests.workers import WorkerProcess
 
 pytestmark = pytest.mark.anyio
 
@@ -240,64 +239,18 @@ async def test_stop_right_after_a_job_is_prompt(sqlite_url: str, engine: str) ->
 # -- E2: kill -9 of the worker with live containers --------------------------------------------
 
 
-class WorkerProcess:
+def container_worker(db_url: str, engine: str, log: Path, name: str) -> WorkerProcess:
     """A real ``cronium worker`` running container jobs."""
-
-    def __init__(self, db_url: str, engine: str, log: Path, name: str) -> None:
-        self.log = log
-        self._out = log.open("w")
-        scripts = log.parent / "scripts"
-        scripts.mkdir(exist_ok=True)
-        config = {engine: executor_config(engine, reap_interval=1.0, script_root=str(scripts))}
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "cronium_web.cli",
-                "--db",
-                db_url,
-                "worker",
-                "--id",
-                name,
-                "--max-jobs",
-                "6",
-                "--lease",
-                "3",
-                "--reap-interval",
-                "1",
-                "--poll-interval",
-                "0.2",
-                "--executors",
-                f"{engine},local",
-                "--executor-config",
-                json.dumps(config),
-            ],
-            stdout=self._out,
-            stderr=subprocess.STDOUT,
-        )
-        self.owner = process_owner(self.proc.pid)
-
-    @property
-    def output(self) -> str:
-        return self.log.read_text()
-
-    async def wait_ready(self) -> None:
-        with anyio.fail_after(60):
-            while "running (executors" not in self.output:
-                assert self.proc.poll() is None, self.output
-                await anyio.sleep(0.1)
-
-    async def wait_exit(self, timeout: float = 60) -> int:
-        with anyio.fail_after(timeout):
-            while (code := self.proc.poll()) is None:
-                await anyio.sleep(0.1)
-        return code
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        self._out.close()
+    scripts = log.parent / "scripts"
+    scripts.mkdir(exist_ok=True)
+    config = {engine: executor_config(engine, reap_interval=1.0, script_root=str(scripts))}
+    return WorkerProcess(
+        db_url,
+        log,
+        *("--id", name, "--max-jobs", "6", "--lease", "3", "--reap-interval", "1"),
+        *("--poll-interval", "0.2", "--executors", f"{engine},local"),
+        *("--executor-config", json.dumps(config)),
+    )
 
 
 @pytest.fixture
@@ -327,7 +280,8 @@ async def test_kill_9_worker_orphans_are_reaped_and_jobs_rerun(
     are re-claimed after their lease expires and succeed; none is left ``running``."""
     require(engine)
     async with Cronium(sqlite_url, worker=False, scheduler=False) as cr:
-        a = WorkerProcess(sqlite_url, engine, tmp_path / "a.log", "A")
+        a = container_worker(sqlite_url, engine, tmp_path / "a.log", "A")
+        a_owner = process_owner(a.proc.pid)
         workers.append(a)
         await a.wait_ready()
         event = await cr.events.add(
@@ -342,27 +296,28 @@ async def test_kill_9_worker_orphans_are_reaped_and_jobs_rerun(
         jobs = [await cr.run(event.id) for _ in range(5)]
         running = {job.id: await running_container(engine, job.id, timeout=90) for job in jobs}
         for job_id, cid in running.items():
-            labels = f"{OWNER}={a.owner}", f"{EXECUTION}={job_id}", f"{KIND}=job"
+            labels = f"{OWNER}={a_owner}", f"{EXECUTION}={job_id}", f"{KIND}=job"
             assert await containers_of(engine, *labels, running=True) == [cid]
 
         a.proc.send_signal(signal.SIGKILL)
-        assert await a.wait_exit() == -signal.SIGKILL
-        assert owner_is_dead(a.owner)
+        assert await a.wait_exit(60) == -signal.SIGKILL
+        assert owner_is_dead(a_owner)
         # nothing removed them: they are orphans, still running, labelled with the dead owner
-        orphans = await containers_of(engine, f"{OWNER}={a.owner}", f"{KIND}=job", running=True)
+        orphans = await containers_of(engine, f"{OWNER}={a_owner}", f"{KIND}=job", running=True)
         assert sorted(orphans) == sorted(running.values())
-        assert await networks_of(engine, f"{OWNER}={a.owner}"), "A's job networks"
+        assert await networks_of(engine, f"{OWNER}={a_owner}"), "A's job networks"
         scripts = tmp_path / "scripts"
-        _, a_pid, a_start = a.owner.split(":")
+        _, a_pid, a_start = a_owner.split(":")
         a_dirs = list(scripts.glob(f"cronium-ctr-{a_pid}-{a_start}-*"))
         assert len(a_dirs) == 5, "A's script directories, one per running job"
 
-        b = WorkerProcess(sqlite_url, engine, tmp_path / "b.log", "B")
+        b = container_worker(sqlite_url, engine, tmp_path / "b.log", "B")
+        b_owner = process_owner(b.proc.pid)
         workers.append(b)
         await b.wait_ready()
         # one reap interval (1 s) and some slack: nothing of the dead owner remains
         await eventually(
-            lambda: anyio.to_thread.run_sync(lambda: leftovers(engine, a.owner)),
+            lambda: anyio.to_thread.run_sync(lambda: leftovers(engine, a_owner)),
             lambda left: left == [],
             1 + 5,
             "containers and networks of the killed worker",
@@ -380,8 +335,8 @@ async def test_kill_9_worker_orphans_are_reaped_and_jobs_rerun(
 
         # a graceful stop leaves nothing of B's behind either
         b.proc.send_signal(signal.SIGTERM)
-        assert await b.wait_exit() == 0, b.output
-        assert await anyio.to_thread.run_sync(lambda: leftovers(engine, b.owner)) == []
+        assert await b.wait_exit(60) == 0, b.output
+        assert await anyio.to_thread.run_sync(lambda: leftovers(engine, b_owner)) == []
 
 
 # -- E3: output flood and hostile output -------------------------------------------------------

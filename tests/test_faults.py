@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -17,60 +15,9 @@ import anyio
 import pytest
 
 from cronium_core import Cronium, Event, Job, JobStatus, RetryPolicy, Script
+from tests.workers import WorkerProcess
 
 pytestmark = [pytest.mark.anyio, pytest.mark.fault]
-
-
-class WorkerProcess:
-    def __init__(self, db_url: str, log: Path, *args: str) -> None:
-        self.log = log
-        self._out = log.open("w")
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "cronium_web.cli",
-                "--db",
-                db_url,
-                "worker",
-                "--lease",
-                "1",
-                "--reap-interval",
-                "0.3",
-                "--poll-interval",
-                "0.2",
-                "--executors",
-                "local",
-                *args,
-            ],
-            stdout=self._out,
-            stderr=subprocess.STDOUT,
-        )
-
-    @property
-    def output(self) -> str:
-        return self.log.read_text()
-
-    async def wait_ready(self) -> None:
-        with anyio.fail_after(30):
-            while "running (executors" not in self.output:
-                assert self.proc.poll() is None, self.output
-                await anyio.sleep(0.05)
-
-    def signal(self, sig: int) -> None:
-        self.proc.send_signal(sig)
-
-    async def wait_exit(self, timeout: float = 20) -> int:
-        with anyio.fail_after(timeout):
-            while (code := self.proc.poll()) is None:
-                await anyio.sleep(0.05)
-        return code
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        self._out.close()
 
 
 @pytest.fixture
@@ -88,7 +35,12 @@ async def cr(db_url: str) -> AsyncIterator[Cronium]:
 
 
 def start(workers: list[WorkerProcess], db_url: str, tmp_path: Path, name: str) -> WorkerProcess:
-    w = WorkerProcess(db_url, tmp_path / f"{name}.log", "--id", name)
+    w = WorkerProcess(
+        db_url,
+        tmp_path / f"{name}.log",
+        *("--lease", "1", "--reap-interval", "0.3", "--poll-interval", "0.2"),
+        *("--executors", "local", "--id", name),
+    )
     workers.append(w)
     return w
 
