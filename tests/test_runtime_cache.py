@@ -6,6 +6,7 @@ would) and checks that the very next request is refused."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
@@ -18,7 +19,7 @@ from cronium_core.datastore import DataStore
 from cronium_core.engine import RunEngine
 from cronium_core.errors import InvalidToken
 from cronium_core.queue import JobQueue
-from cronium_core.runtime import AttemptReader
+from cronium_core.runtime import LEASE_MARGIN, AttemptReader
 from cronium_core.variables import VariableStore
 from tests.test_runtime_api import Runtime, ok, runtime, unauthorized
 
@@ -141,3 +142,49 @@ async def test_attempt_reader_without_a_file_reads_through_the_queue(clock: Fake
         with pytest.raises(InvalidToken):
             await reader.running("no-such-job", "lease")
         assert reader._conn is None and not reader._fast
+
+
+async def test_live_attempt_is_trusted_from_memory_only_while_its_lease_surely_holds(
+    rt: Runtime, db_url: str, clock: FakeClock
+) -> None:
+    """An attempt of this process's own worker is answered from memory (``LiveAttempts``) only
+    while the worker's lease is certainly held; once that is no longer certain (heartbeats
+    failing, the process stalled), a re-claim elsewhere revokes its token on the next call."""
+    retry = RetryPolicy(max_attempts=2, backoff_base=1)
+    job, token1 = await rt.running_job(owner="alice", retry=retry)
+    live = rt.service.live.open(job, "alice", [], leased_until=time.monotonic() + 30)
+    await warm(rt, job, token1)
+    base = f"/executions/{job.id}"
+    ok(await rt.call("POST", f"{base}/output", token1, json={"data": "in memory"}))
+    assert live.output == "in memory"  # answered from memory: the row is not written
+    assert (await rt.queue.get(job.id)).output is None
+
+    # the worker's last heartbeat was long ago: its lease may have run out
+    live.leased_until = time.monotonic() - 0.001
+    ok(await rt.call("GET", f"{base}/input", token1))  # still its lease in the database
+    clock.advance(31)
+    async with elsewhere(db_url, clock) as other:
+        assert [j.id for j in (await other.reap()).requeued] == [job.id]
+        clock.advance(5)
+        [again] = await other.queue.claim("w2", 1)
+    assert again.attempt == 2
+    unauthorized(await rt.call("GET", f"{base}/input", token1))
+    unauthorized(await rt.call("POST", f"{base}/output", token1, json={"data": "zombie"}))
+    unauthorized(await rt.call("POST", f"{base}/condition", token1, json={"condition": True}))
+    assert live.output == "in memory" and live.condition is None
+
+
+async def test_renewed_lease_extends_the_trust_in_memory(rt: Runtime) -> None:
+    job, _ = await rt.running_job(owner="alice")
+    assert job.lease_id is not None
+    live = rt.service.live.open(job, "alice", [], leased_until=time.monotonic() - 5)
+    assert not live.surely_held
+    rt.service.live.renew(job.id, "another lease", time.monotonic() + 30)
+    assert not live.surely_held  # a heartbeat of another attempt renews nothing
+    rt.service.live.renew(job.id, job.lease_id, time.monotonic() + 30)
+    assert live.surely_held
+    rt.service.live.renew(job.id, job.lease_id, time.monotonic() - 5)
+    assert live.surely_held  # never shortened by a late answer
+    # within the margin of the lease's end: no longer trusted
+    live.leased_until = time.monotonic() + LEASE_MARGIN / 2
+    assert not live.surely_held

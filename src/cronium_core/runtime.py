@@ -14,7 +14,8 @@ Writes are fenced on that same ``lease_id`` by the queue, so a token that passes
 :meth:`~RuntimeService.authorize` a moment before its job ends still writes nothing.
 
 The attempt check runs on every call and is never cached. An attempt of this process's own
-worker is answered from memory (:class:`LiveAttempts`). Any other is read from the job's row:
+worker is answered from memory (:class:`LiveAttempts`) while the worker surely holds its lease
+(nobody can have re-claimed it yet); past that, and for any other attempt, the job's row is read:
 on a SQLite file, by :class:`AttemptReader` — one indexed ``SELECT`` of three columns on a
 connection of its own, a few microseconds, run in place (no thread hop), and never waiting for
 a lock; otherwise (PostgreSQL, or when SQLite is busy) with :meth:`JobQueue.get
@@ -208,6 +209,9 @@ def _iso(value: Any) -> str | None:
 
 #: seconds an event's owner is remembered by the runtime API
 OWNER_CACHE_SECONDS = 5.0
+#: seconds taken off a lease's end before the runtime API stops trusting a live attempt's
+#: memory (the database's clock and ours may tick at slightly different rates)
+LEASE_MARGIN = 1.0
 
 
 @attrs.define(eq=False)
@@ -219,6 +223,12 @@ class LiveAttempt:
     secrets: list[str] = attrs.field(factory=list, repr=False)
     output: Any = UNSET
     condition: bool | None = None
+    #: ``time.monotonic()`` up to which the lease is surely this worker's (see LiveAttempts)
+    leased_until: float = 0.0
+
+    @property
+    def surely_held(self) -> bool:
+        return time.monotonic() < self.leased_until - LEASE_MARGIN
 
 
 class LiveAttempts:
@@ -226,16 +236,32 @@ class LiveAttempts:
     memory — no database round trip per call — and the worker records the output and the
     condition with the job's result, in its one fenced write. A script served by another
     process (a sidecar for container or SSH jobs) goes through the database as before.
-    Revocation is unchanged: the worker closes an attempt before recording its end, and from
-    then on the token is checked against the database, where the lease is gone."""
+
+    Revocation: the worker closes an attempt before recording its end, and from then on the
+    token is checked against the database, where the lease is gone. While the attempt runs,
+    memory is trusted only as long as the lease is certainly this worker's: until
+    ``leased_until`` (the moment the worker *asked* to claim or extend the lease, plus the
+    lease's length, less :data:`LEASE_MARGIN`). No other worker can re-claim the job before
+    its lease runs out, so up to then nothing can have revoked the token but the worker itself;
+    past it (heartbeats failing, the process stalled) every call is checked against the job's
+    row, where a re-claimed attempt has another lease."""
 
     def __init__(self) -> None:
         self._by_job: dict[str, LiveAttempt] = {}
 
-    def open(self, job: Job, owner: str, secrets: list[str]) -> LiveAttempt:
-        attempt = LiveAttempt(job=job, owner=owner, secrets=secrets)
+    def open(
+        self, job: Job, owner: str, secrets: list[str], *, leased_until: float = 0.0
+    ) -> LiveAttempt:
+        """``leased_until``: a ``time.monotonic()`` before which the lease is surely held."""
+        attempt = LiveAttempt(job=job, owner=owner, secrets=secrets, leased_until=leased_until)
         self._by_job[job.id] = attempt
         return attempt
+
+    def renew(self, job_id: str, lease_id: str, leased_until: float) -> None:
+        """The lease was extended: memory may be trusted until ``leased_until``."""
+        attempt = self.get(job_id, lease_id)
+        if attempt is not None:
+            attempt.leased_until = max(attempt.leased_until, leased_until)
 
     def close(self, job_id: str) -> LiveAttempt | None:
         return self._by_job.pop(job_id, None)
@@ -426,8 +452,9 @@ class RuntimeService:
         if execution_id is not None and claims.execution_id != execution_id:
             raise ExecutionForbidden()
         live = self.live.get(claims.execution_id, claims.lease_id)
-        if live is not None:
+        if live is not None and live.surely_held:
             return live.job
+        # not run here, or its lease may have run out and the job been re-claimed elsewhere
         return await self._attempts.running(claims.execution_id, claims.lease_id)
 
     # -- the execution's own data ---------------------------------------------------

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 import traceback
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack
@@ -52,6 +53,10 @@ class _Running:
     job: Job
     scope: anyio.CancelScope
     reason: str | None = None  #: why the scope was cancelled: cancelled | lost | shutdown
+    #: ``time.monotonic()`` before which the lease is surely ours: when the claim or the last
+    #: heartbeat was *asked* for, plus the lease's length (the database set the lease's end
+    #: at least that late)
+    leased_until: float = 0.0
 
 
 @attrs.define(kw_only=True, eq=False)
@@ -117,6 +122,7 @@ class Worker:
             claimed: list[Job] = []
             if free > 0:
                 self._wake = anyio.Event()
+                asked = time.monotonic()
                 try:
                     claimed = await self.queue.claim(self.id, free, executors=names)
                 except Exception:
@@ -125,7 +131,8 @@ class Worker:
                     continue
                 for job in claimed:
                     scope = anyio.CancelScope()
-                    self._running[job.id] = _Running(job, scope)
+                    leased_until = asked + self.queue.lease_seconds
+                    self._running[job.id] = _Running(job, scope, leased_until=leased_until)
                     jobs_tg.start_soon(self._run_job, job, scope, name=f"job {job.id}")
             if claimed and len(claimed) == free:
                 await anyio.lowlevel.checkpoint()
@@ -175,7 +182,9 @@ class Worker:
         masker = SecretMasker(secrets)
         line_masker = masker.lines()
         if self.live is not None:
-            self.live.open(job, event.owner if event else "", secrets)
+            self.live.open(
+                job, event.owner if event else "", secrets, leased_until=running.leased_until
+            )
 
         async def flush() -> None:
             # shielded: a batch taken from `lines` must reach the store even when the
@@ -293,6 +302,7 @@ class Worker:
         assert job.lease_id is not None
         while True:
             await anyio.sleep(self.heartbeat_interval)
+            asked = time.monotonic()
             try:
                 beat = await self.queue.heartbeat(job.id, job.lease_id)
             except Exception:
@@ -303,6 +313,9 @@ class Worker:
                 running.reason = "lost"
                 running.scope.cancel()
                 return
+            running.leased_until = asked + self.queue.lease_seconds
+            if self.live is not None:
+                self.live.renew(job.id, job.lease_id, running.leased_until)
             if beat.cancel_requested:
                 running.reason = running.reason or "cancelled"
                 running.scope.cancel()
