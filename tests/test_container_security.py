@@ -897,6 +897,9 @@ print("CANARY-REPORT " + json.dumps(samples), flush=True)
 """
 
 HOG_START = 'import time; print("HOG start", time.time(), flush=True)\n'
+# a hog that is quickly done holds on to what it took for a second, so that the canary beside it
+# takes its samples while the hog is at its worst
+HOG_HOLD = 'time.sleep(1.0); print("HOG end", flush=True)\n'
 
 FORK_BOMB = (
     HOG_START
@@ -974,6 +977,7 @@ report("HOG-REPORT", {
     "/": attempt(lambda: fill("/fill", 1)),
 })
 """
+    + HOG_HOLD
 )
 
 OPEN_FILES = (
@@ -992,6 +996,7 @@ except OSError as e:
 found = {"soft": soft, "hard": hard, "raise": raised, "opened": len(fds), "error": error}
 report("HOG-REPORT", found)
 """
+    + HOG_HOLD
 )
 
 # CPython threads share one interpreter lock: four *processes* make the four-way spin
