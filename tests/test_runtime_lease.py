@@ -25,7 +25,8 @@ LEASE = 3.0
 #: calls GET /input with its own token every 0.1 s and appends what it got to a file
 SCRIPT = """
 import json, os, time, urllib.error, urllib.request
-url = os.environ["CRONIUM_RUNTIME_API"] + "/executions/" + os.environ["CRONIUM_EXECUTION_ID"] + "/input"
+api, job = os.environ["CRONIUM_RUNTIME_API"], os.environ["CRONIUM_EXECUTION_ID"]
+url = api + "/executions/" + job + "/input"
 token = os.environ["CRONIUM_EXECUTION_TOKEN"]
 end = time.time() + float(os.environ["SECONDS"])
 with open(os.environ["CALLS"], "a") as calls:
