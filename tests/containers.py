@@ -9,6 +9,7 @@ exist.
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 from collections.abc import AsyncIterator, Mapping
@@ -93,14 +94,38 @@ async def container_cronium(
     require(engine)
     kwargs.setdefault("scheduler", False)
     kwargs.setdefault("poll_interval", 0.2)
-    async with Cronium(
-        url,
-        executors=[engine, "local"],
-        executor_config={engine: dict(config or executor_config(engine))},
-        **kwargs,
-    ) as cr:
-        yield cr
+    output_trouble = _OutputTrouble()
+    executor_log = logging.getLogger("cronium_executors.container")
+    executor_log.addHandler(output_trouble)
+    try:
+        async with Cronium(
+            url,
+            executors=[engine, "local"],
+            executor_config={engine: dict(config or executor_config(engine))},
+            **kwargs,
+        ) as cr:
+            yield cr
+    finally:
+        executor_log.removeHandler(output_trouble)
     assert leftovers(engine) == [], "containers or networks left behind"
+    # a job's output must be complete and in order whatever the load: any doubt the executor
+    # had about it (Podman's stored log against its follow stream) fails the test
+    assert output_trouble.records == [], output_trouble.records
+
+
+class _OutputTrouble(logging.Handler):
+    """Records the executor's warnings about a job's output."""
+
+    MARKS = ("stored log", "rest of", "still runs")
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.records: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if any(mark in message for mark in self.MARKS):
+            self.records.append(message)
 
 
 def leftovers(engine: str, owner: str | None = None) -> list[str]:

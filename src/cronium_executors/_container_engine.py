@@ -7,8 +7,10 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import select
 import socket
 import struct
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import IO, Any, Protocol
 
@@ -154,6 +156,63 @@ class Backend(Protocol):
         """Called right after start: a watcher of OOM kills, for engines that do not report
         them reliably (None: the engine's ``oom_killed`` is right)."""
         ...
+
+    def log_writer(self, cid: str) -> LogWriter | None:
+        """Called right after start, for engines whose follow stream ends early: the process
+        writing the container's stored log, when it runs on this host (None otherwise)."""
+        ...
+
+
+class LogWriter:
+    """The process that writes a container's stored log (Podman's ``conmon``), seen from
+    this host. Once it has exited, the stored log is final: nothing more can be added to it.
+    Its command line names the container, which tells a recycled pid apart; it is watched
+    through a pidfd where the kernel has them. :meth:`close` when done with it."""
+
+    def __init__(self, pid: int, cid: str, pidfd: int | None = None) -> None:
+        self.pid = pid
+        self._mark = cid.encode()
+        self._pidfd = pidfd
+
+    @classmethod
+    def find(cls, pid: int, cid: str) -> LogWriter | None:
+        """The writer if ``pid`` is a live process on this host that names ``cid``."""
+        if pid <= 0:
+            return None
+        try:
+            pidfd: int | None = os.pidfd_open(pid)
+        except (OSError, AttributeError):
+            pidfd = None
+        # checked after the pidfd was opened: the pidfd is of the process that was checked
+        writer = cls(pid, cid, pidfd)
+        if writer.running():
+            return writer
+        writer.close()
+        return None
+
+    def running(self) -> bool:
+        try:
+            with open(f"/proc/{self.pid}/cmdline", "rb") as cmdline:
+                return self._mark in cmdline.read()
+        except OSError:
+            return False
+
+    def wait(self, timeout: float) -> bool:
+        """Block until the writer has exited (True), or ``timeout`` seconds (False)."""
+        if self._pidfd is not None:
+            ready, _, _ = select.select([self._pidfd], [], [], timeout)
+            return bool(ready) or not self.running()
+        deadline = time.monotonic() + timeout
+        while self.running():
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.01)
+        return True
+
+    def close(self) -> None:
+        pidfd, self._pidfd = self._pidfd, None
+        if pidfd is not None:
+            os.close(pidfd)
 
 
 def read_frames(raw: IO[bytes]) -> Iterator[tuple[int, bytes]]:

@@ -13,6 +13,7 @@ from ._container_engine import (
     ContainerSpec,
     ContainerState,
     EngineError,
+    LogWriter,
     NetworkSpec,
     RuntimeVersion,
 )
@@ -221,3 +222,6 @@ class DockerBackend(Backend):
 
     def oom_probe(self, cid: str) -> OomProbe | None:
         return None  # Docker reports OOM kills itself (State.OOMKilled)
+
+    def log_writer(self, cid: str) -> LogWriter | None:
+        return None  # Docker's follow stream ends with the last byte the job wrote

@@ -16,6 +16,7 @@ from ._container_engine import (
     ContainerSpec,
     ContainerState,
     EngineError,
+    LogWriter,
     NetworkSpec,
     RuntimeVersion,
 )
@@ -270,6 +271,11 @@ class PodmanBackend(Backend):
             return OomProbe(directory)
         except OSError:
             return None  # gone already, or not ours to watch
+
+    def log_writer(self, cid: str) -> LogWriter | None:
+        # conmon; Podman forgets its pid once the container has exited (ConmonPid 0)
+        pid = self.container_inspect(cid).get("State", {}).get("ConmonPid") or 0
+        return LogWriter.find(int(pid), cid)
 
     def containers(self, label: str) -> list[tuple[str, dict[str, str]]]:
         found = self._request(

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import ipaddress
 import itertools
 import logging
@@ -69,6 +70,7 @@ from ._container_engine import (
     ContainerSpec,
     ContainerState,
     EngineError,
+    LogWriter,
     NetworkSpec,
     RuntimeVersion,
     is_local,
@@ -574,12 +576,15 @@ class ContainerExecutor(Executor):
         output = _Output(emit, self.settings.max_log_bytes)
         follow = _Follow(partial(self.backend.container_logs, cid, True))
         oom: OomProbe | None = None
+        writer: LogWriter | None = None
         gated = self.backend.oom_probe_needed
         try:
             async with anyio.create_task_group() as tg:
                 try:
                     await self._call(self.backend.container_start, cid)
                     oom = await self._call(self.backend.oom_probe, cid)
+                    if self.backend.logs_end_early:
+                        writer = await self._call(self.backend.log_writer, cid)
                 except EngineError as exc:
                     tg.cancel_scope.cancel()
                     error = f"cannot start the container: {exc}"
@@ -604,7 +609,7 @@ class ContainerExecutor(Executor):
                         following.cancel_scope.cancel()
                 follow.close()
                 if self.backend.logs_end_early and not output.full:
-                    await self._read_rest(cid, output)
+                    await self._read_rest(cid, output, writer)
                 if follow.error and not any(output.received.values()):
                     await emit(Stream.SYSTEM, f"cannot read the job's output: {follow.error}")
                 await output.finish()
@@ -619,42 +624,121 @@ class ContainerExecutor(Executor):
             follow.close()
             if oom is not None:
                 oom.close()
+            if writer is not None:
+                writer.close()
         state = await self._call(self.backend.container_state, cid)
         if oom is not None and oom.killed and not state.oom_killed:
             state = attrs.evolve(state, oom_killed=True)
         return _outcome(state)
 
-    async def _read_rest(self, cid: str, output: _Output) -> None:
-        """After the job ended: what the stored log holds beyond what was followed. Under
-        load the engine's stored log can lag its report of the exit (seen in CI: an answer
-        with an error, with nothing, or ending mid-line): ask again, briefly, before
-        concluding that is all."""
-        empty_retried = False
-        for attempt in range(5):
-            rest = _Follow(partial(self.backend.container_logs, cid, False))
-            try:
-                await self._pump(rest.open, output, skip=dict(output.received))
-            finally:
-                rest.close()
-            if rest.error is None and not output.mid_line:
-                if any(output.received.values()) or empty_retried:
-                    return
-                empty_retried = True  # no output at all: likely so, but look once more
-            await anyio.sleep(0.05 * (attempt + 1))
-        if rest.error is not None:
-            log.warning("cannot read the rest of %s's output: %s", cid[:12], rest.error)
+    async def _read_rest(self, cid: str, output: _Output, writer: LogWriter | None) -> None:
+        """After the job ended (Podman): what the engine's stored log holds beyond the bytes
+        the follow stream gave, fed to ``output`` in the stored order.
 
-    async def _pump(
+        The stored log is final once its writer has exited: when the writer (conmon) runs on
+        this host, that is waited for. A read only counts the log (digests and lengths); the
+        log is fed by a read after one that counted it the same — after one, once the writer
+        has exited; after two that agree, when it could not be watched — and that read must
+        count it the same again. The digest of the bytes the output already had must match
+        the stored log's beginning. A read that breaks off starts this over from where the
+        output got to."""
+        settled = writer is not None and await self._writer_done(writer)
+        counted: _StoredRead | None = None
+        ready = False
+        error: Exception | None = None
+        for attempt in range(REST_READS):
+            had = {n: output.digest(n) for n in output.received}
+            try:
+                found = await anyio.to_thread.run_sync(
+                    partial(self._stored_read, cid, dict(output.received), output, ready),
+                    limiter=self._long_calls,
+                )
+            except Exception as exc:  # the engine refused, or the stream broke off
+                error, counted, ready = exc, None, False
+            else:
+                if ready:
+                    await self._check_read(cid, output, had, found, counted)
+                    return
+                ready = settled or found == counted
+                counted = found
+                if ready:
+                    continue
+            await anyio.sleep(min(0.02 * 2**attempt, 0.5))
+        problem = "kept changing" if error is None else f"could not be read: {error}"
+        log.warning("%s: the stored log %s after the job ended", cid[:12], problem)
+        await output.note(f"the end of the job's output may be missing: its log {problem}")
+
+    async def _check_read(
         self,
-        source: Callable[[], IO[bytes] | None],
+        cid: str,
         output: _Output,
-        skip: Mapping[int, int] | None = None,
+        had: Mapping[int, bytes],
+        found: _StoredRead,
+        counted: _StoredRead | None,
     ) -> None:
+        """Whether the read that fed the output agreed with what came before it."""
+        differs = sorted(n for n, digest in found.prefix.items() if digest != had.get(n))
+        if differs:
+            log.warning(
+                "%s: the stored log does not begin with the output followed live (streams %s; "
+                "stored lengths %s); its end was added as stored",
+                cid[:12], differs, found.lengths,
+            )  # fmt: skip
+            await output.note("the engine's stored log differs from the output followed live")
+        elif found.whole and found != counted:
+            log.warning("%s: the stored log changed while it was read (%s, then %s)",
+                        cid[:12], counted, found)  # fmt: skip
+            await output.note("the engine's stored log changed while it was read")
+
+    async def _writer_done(self, writer: LogWriter) -> bool:
+        """Wait (a few seconds at most) for the stored log's writer to exit."""
+        if await anyio.to_thread.run_sync(writer.wait, WRITER_EXIT_WAIT):
+            return True
+        log.warning("conmon (pid %d) still runs %g s after its job ended", writer.pid,
+                    WRITER_EXIT_WAIT)  # fmt: skip
+        return False
+
+    def _stored_read(
+        self, cid: str, seen: Mapping[int, int], output: _Output, feed: bool
+    ) -> _StoredRead:
+        """One whole read of the stored log, in a thread: the digest of each stream's first
+        ``seen`` bytes, each stream's length and a digest of the frames beyond; with ``feed``,
+        those frames also go to ``output`` (on the loop) until it is full."""
+        digests = {1: _digest(), 2: _digest()}
+        beyond = _digest()
+        lengths = {1: 0, 2: 0}
+        whole = True
+        logs = self.backend.container_logs(cid, False)
+        try:
+            for number, data in read_frames(logs):
+                stream = number if number in lengths else 1
+                start = lengths[stream]
+                lengths[stream] += len(data)
+                head = min(len(data), max(0, seen.get(stream, 0) - start))
+                if head:
+                    digests[stream].update(data[:head])
+                tail = data[head:]
+                if not tail:
+                    continue
+                beyond.update(b"%d:%d:" % (stream, len(tail)) + tail)
+                if feed:
+                    if output.full:
+                        whole = False  # no more is kept: no need to read on
+                        break
+                    anyio.from_thread.run(output.feed, number, tail)
+        finally:
+            logs.close()
+        return _StoredRead(
+            prefix={n: d.digest() for n, d in digests.items()},
+            lengths=lengths,
+            beyond=beyond.digest(),
+            whole=whole,
+        )
+
+    async def _pump(self, source: Callable[[], IO[bytes] | None], output: _Output) -> None:
         """Open a log stream and read it in a thread, handing its frames, in order, to
-        ``output`` on the loop; the first ``skip[stream]`` bytes of each stream are dropped
-        (already seen). Returns when the stream ends."""
+        ``output`` on the loop. Returns when the stream ends."""
         send, receive = anyio.create_memory_object_stream[tuple[int, bytes]](64)
-        skipping = dict(skip or {})
 
         def read() -> None:
             try:
@@ -676,14 +760,9 @@ class ContainerExecutor(Executor):
             )
             async with receive:
                 async for number, data in receive:
-                    seen = skipping.get(number, 0)
-                    if seen:
-                        skipping[number] = max(0, seen - len(data))
-                        data = data[seen:]
-                    if data:
-                        # whole frames or none: a cancelled follow is resumed by byte count
-                        with anyio.CancelScope(shield=True):
-                            await output.feed(number, data)
+                    # whole frames or none: a cancelled follow is resumed by byte count
+                    with anyio.CancelScope(shield=True):
+                        await output.feed(number, data)
 
     async def _cleanup(
         self, cid: str | None, network: _JobNetwork | None, script_dir: str, grace: float
@@ -696,6 +775,30 @@ class ContainerExecutor(Executor):
         if network is not None:
             await self._drop_network(network)
         await anyio.to_thread.run_sync(shutil.rmtree, script_dir, True)
+
+
+#: whole reads of Podman's stored log after a job ended, at most (see ``_read_rest``)
+REST_READS = 10
+#: seconds to wait for Podman's log writer (conmon) to exit after its job ended
+WRITER_EXIT_WAIT = 5.0
+
+
+def _digest() -> hashlib.blake2b:
+    return hashlib.blake2b(digest_size=16)
+
+
+@attrs.frozen
+class _StoredRead:
+    """What one read of the stored log found."""
+
+    #: per stream: the digest of its first bytes, as many as the output had
+    prefix: dict[int, bytes]
+    #: per stream: its length in the stored log
+    lengths: dict[int, int]
+    #: the digest of the frames past those bytes, in the stored order
+    beyond: bytes
+    #: read to its end (not stopped early because the output was full)
+    whole: bool = True
 
 
 class _Follow:
@@ -741,24 +844,28 @@ class _Output:
         self._budget = budget
         self._limit = budget
         self._splitters = {1: LineSplitter(), 2: LineSplitter()}
-        #: bytes received per stream (1 stdout, 2 stderr)
+        #: bytes received per stream (1 stdout, 2 stderr), and their digest
         self.received = {1: 0, 2: 0}
+        self._digests = {1: _digest(), 2: _digest()}
         self.dropped = 0
 
     @property
     def full(self) -> bool:
         return self._budget <= 0
 
-    @property
-    def mid_line(self) -> bool:
-        """Whether a stream's last line has no newline yet."""
-        return any(splitter.pending for splitter in self._splitters.values())
+    def digest(self, number: int) -> bytes:
+        return self._digests[number].digest()
 
     async def feed(self, number: int, data: bytes) -> None:
         number = number if number in self._splitters else 1
         self.received[number] += len(data)
+        self._digests[number].update(data)
         for line in self._splitters[number].feed(data):
             await self._line(number, line)
+
+    async def note(self, text: str) -> None:
+        """A line of the executor's own about the output."""
+        await self._emit(Stream.SYSTEM, text)
 
     async def finish(self) -> None:
         for number, splitter in self._splitters.items():
