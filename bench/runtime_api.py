@@ -151,14 +151,20 @@ async def serve_both(conn: Connection, db: Path, clients: int, embedded: bool = 
             await cr.variables.set(OWNER, key, {"n": n, "text": f"value {n}"})
         for _ in range(clients):
             await cr.run(event)
+        asked = time.monotonic()
         jobs = await cr.queue.claim("bench-worker", clients)
         assert len(jobs) == clients
         if embedded:
             # what `cronium serve` does: its worker runs the jobs, and the runtime API answers
-            # the attempts of its own worker from memory (LiveAttempts)
+            # the attempts of its own worker from memory (LiveAttempts) while their leases
+            # surely hold, which the worker's heartbeats renew (as `heartbeats` does here)
             for job in jobs:
-                cr.runtime.live.open(job, OWNER, await cr.variables.secret_values(OWNER))
+                secrets = await cr.variables.secret_values(OWNER)
+                cr.runtime.live.open(
+                    job, OWNER, secrets, leased_until=asked + cr.queue.lease_seconds
+                )
         async with anyio.create_task_group() as tg:
+            tg.start_soon(heartbeats, cr, jobs, embedded)
             runtime_url = await tg.start(serve, create_app(cr.runtime))
             bare_url = await tg.start(serve, bare_app())
             conn.send(
@@ -170,6 +176,18 @@ async def serve_both(conn: Connection, db: Path, clients: int, embedded: bool = 
             )
             await anyio.to_thread.run_sync(conn.recv)  # until told to stop
             tg.cancel_scope.cancel()
+
+
+async def heartbeats(cr: Any, jobs: list[Any], embedded: bool) -> None:
+    """The worker's heartbeat for each job, every lease / 3: the benchmark outlasts a lease."""
+    while True:
+        await anyio.sleep(cr.queue.lease_seconds / 3)
+        for job in jobs:
+            asked = time.monotonic()
+            beat = await cr.queue.heartbeat(job.id, job.lease_id)
+            assert beat.alive
+            if embedded:
+                cr.runtime.live.renew(job.id, job.lease_id, asked + cr.queue.lease_seconds)
 
 
 def server_main(
