@@ -15,7 +15,9 @@ one statement (no ``BEGIN``/``COMMIT`` round trips). The job queue's hot paths u
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sqlite3
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -127,6 +129,8 @@ class DataStore:
     #: SQLite only: the same file over the synchronous driver, for :meth:`transact`
     _sync_engine: sa.Engine | None = attrs.field(init=False, default=None)
     _write_lock: anyio.Lock = attrs.field(init=False, factory=anyio.Lock)
+    #: SQLite file only: the plain ``sqlite3`` connection of :meth:`transact_in_place`
+    _in_place: sqlite3.Connection | None = attrs.field(init=False, default=None)
 
     def __attrs_post_init__(self) -> None:
         self.url = normalize_url(self.url)
@@ -162,6 +166,15 @@ class DataStore:
         return self.engine.dialect.name == "postgresql"
 
     @property
+    def sqlite_path(self) -> str | None:
+        """The file of a SQLite store, if a plain ``sqlite3`` connection can open it as the
+        store does; else ``None`` (not SQLite, in memory, or URI options)."""
+        engine = self._sync_engine
+        if engine is None or engine.url.query:
+            return None
+        return engine.url.database or None
+
+    @property
     def thread_engine(self) -> sa.Engine | None:
         """SQLite (a file): the synchronous engine that :meth:`transact` runs in a worker
         thread, e.g. to watch its statements; ``None`` otherwise."""
@@ -169,6 +182,7 @@ class DataStore:
 
     async def start(self, exit_stack: AsyncExitStack, *, upgrade: bool = False) -> None:
         exit_stack.push_async_callback(self.engine.dispose)
+        exit_stack.callback(self._close_in_place)
         if self._sync_engine is not None:
             exit_stack.callback(self._sync_engine.dispose)
         if upgrade:
@@ -204,6 +218,56 @@ class DataStore:
             return await greenlet_spawn(_transact_sync, engine.sync_engine, fn)
         async with self.begin() as conn:
             return await conn.run_sync(fn)
+
+    async def transact_in_place(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """SQLite file only: run ``fn`` in a write transaction of its own on a plain
+        ``sqlite3`` connection, on the event loop, if the database is free for writing at once;
+        return what ``fn`` returns. For short transactions whose statements are known: no
+        thread hop and no SQLAlchemy around them (a group of variable writes: ~50 µs instead
+        of ~400). ``fn`` gets the connection inside ``BEGIN IMMEDIATE`` and must not commit.
+
+        Raises :class:`WriteBusy` without waiting when another process holds the write lock
+        (or this store is not a SQLite file): the caller then uses :meth:`transact`, which
+        waits in a thread. An error in ``fn`` rolls back and propagates; a ``sqlite3`` error
+        also closes the connection (opened again next time). The connection never runs a
+        checkpoint (``wal_autocheckpoint=0``), which could take milliseconds of the loop: the
+        store's other connections checkpoint when they commit."""
+        async with self._write_lock:
+            conn = self._in_place if self._in_place is not None else self._open_in_place()
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                raise WriteBusy(str(exc)) from None
+            try:
+                result = fn(conn)
+                conn.execute("COMMIT")
+            except BaseException as exc:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.Error):
+                    self._close_in_place()
+                raise
+            return result
+
+    def _open_in_place(self) -> sqlite3.Connection:
+        path = self.sqlite_path
+        if path is None:
+            raise WriteBusy("not a SQLite file")
+        conn = sqlite3.connect(path, timeout=0, isolation_level=None, check_same_thread=False)
+        try:
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            conn.execute("PRAGMA wal_autocheckpoint=0")
+        except sqlite3.Error:
+            conn.close()
+            raise
+        self._in_place = conn
+        return conn
+
+    def _close_in_place(self) -> None:
+        conn, self._in_place = self._in_place, None
+        if conn is not None:
+            conn.close()
 
     def _transact_in_thread(self, fn: Callable[[sa.Connection], T]) -> T:
         assert self._sync_engine is not None
@@ -383,6 +447,10 @@ class DataStore:
                 )
             ).scalars()
             return [workflow_from_dict(d) for d in rows]
+
+
+class WriteBusy(Exception):
+    """:meth:`DataStore.transact_in_place` cannot write here and now: use ``transact``."""
 
 
 def _transact_sync(sync_engine: sa.Engine, fn: Callable[[sa.Connection], T]) -> T:

@@ -381,7 +381,7 @@ class AttemptReader:
         return tuple(rows[0]) if rows else None
 
     def _connect(self) -> sqlite3.Connection | None:
-        path = _sqlite_file(self.queue.store) if self._fast else None
+        path = self.queue.store.sqlite_path if self._fast else None
         if path is None:
             self._fast = False
             return None
@@ -396,15 +396,6 @@ class AttemptReader:
         self._conn = conn
         self._closer = weakref.finalize(self, conn.close)
         return conn
-
-
-def _sqlite_file(store: DataStore) -> str | None:
-    """The file of a SQLite store, if a plain ``sqlite3`` connection can open it as the store
-    does; else ``None``."""
-    engine = store.thread_engine
-    if engine is None or engine.url.query:
-        return None  # not SQLite, in memory, or URI options we would have to replicate
-    return engine.url.database or None
 
 
 @attrs.define(eq=False)

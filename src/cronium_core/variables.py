@@ -42,6 +42,7 @@ import functools
 import hashlib
 import json
 import logging
+import sqlite3
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -52,11 +53,12 @@ from typing import Any, NamedTuple
 import anyio
 import attrs
 import sqlalchemy as sa
+from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.exc import IntegrityError
 
 from . import schema
 from .crypto import Cipher, DecryptionFailed
-from .datastore import DataStore, new_id
+from .datastore import DataStore, WriteBusy, new_id
 from .errors import Conflict, NotFound, ValidationError
 from .masking import MIN_SECRET_LENGTH
 from .runtime import check_json_value, check_variable_key
@@ -448,6 +450,37 @@ def _write_statements() -> tuple[dict[bool, Any], ...]:
 
 _READ_ONE, _READ_MANY, _INSERT, _UPDATE = _write_statements()
 
+# the same writes for a plain sqlite3 connection (VariableStore._write_sqlite)
+_RAW_READ = (
+    "SELECT id, owner, key, secret, created_at FROM variables WHERE (owner, key) IN (VALUES %s)"
+)
+_RAW_INSERT = (
+    "INSERT INTO variables (id, owner, key, value, ciphertext, key_id, secret, created_at, "
+    "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_RAW_UPDATE = (
+    "UPDATE variables SET value = ?, ciphertext = ?, key_id = ?, secret = ?, updated_at = ? "
+    "WHERE id = ?"
+)
+_SQLITE = sqlite_dialect.dialect()
+_SQLITE_TIME = schema.UTCDateTime()
+#: how SQLAlchemy's JSON type writes a value on SQLite (its default serializer)
+_JSON_TEXT = sa.JSON().bind_processor(_SQLITE)  # type: ignore[no-untyped-call]
+
+
+def _raw_time(text: str) -> datetime:
+    when = _SQLITE_TIME.process_result_value(text, _SQLITE)
+    assert when is not None
+    return when
+
+
+def _raw_value(values: dict[str, Any], secret: bool) -> Any:
+    """The value column as bound: JSON text, or SQL NULL for a secret."""
+    if secret:
+        return None
+    assert _JSON_TEXT is not None
+    return _JSON_TEXT(values["value"])
+
 
 @attrs.define(eq=False)
 class _Write:
@@ -701,6 +734,14 @@ class VariableStore:
         for owner in {w.owner for w in group}:
             self._secrets.pop(owner, None)
         now = self.store.clock.now()
+        if self.store.sqlite_path is not None:
+            try:
+                # in place, on a plain sqlite3 connection, if SQLite is free for writing now
+                return await self.store.transact_in_place(
+                    functools.partial(self._write_sqlite, group, now)
+                )
+            except (WriteBusy, sqlite3.Error):
+                pass  # another process is writing (or SQLite said no): the usual way, below
         for _ in range(WRITE_TRIES):
             try:
                 # one transaction in one trip (DataStore.transact): on SQLite one thread hop
@@ -723,7 +764,57 @@ class VariableStore:
             found = conn.execute(_READ_ONE[locked], params)
         else:
             found = conn.execute(_READ_MANY[locked], {"b_idents": idents})
-        stored = {(r.owner, r.key): r for r in found}
+        stored = {(r.owner, r.key): (r.id, r.created_at, bool(r.secret)) for r in found}
+        results, inserts, updates = self._plan(group, now, stored)
+        for secret in (False, True):
+            if inserts[secret]:
+                conn.execute(_INSERT[secret], inserts[secret])
+            if updates[secret]:
+                conn.execute(_UPDATE[secret], updates[secret])
+        return results
+
+    def _write_sqlite(
+        self, group: builtins.list[_Write], now: datetime, conn: sqlite3.Connection
+    ) -> builtins.list[Variable | Exception]:
+        """:meth:`_write` on a plain ``sqlite3`` connection (``DataStore.transact_in_place``),
+        with the values bound as SQLAlchemy binds them on SQLite (JSON text, timestamps as
+        ``_SQLITE_TIME`` gives them, booleans as 0/1)."""
+        idents = sorted({(w.owner, w.key) for w in group})
+        rows = conn.execute(
+            _RAW_READ % ",".join(["(?, ?)"] * len(idents)),
+            [part for ident in idents for part in ident],
+        ).fetchall()
+        stored = {
+            (owner, key): (row_id, _raw_time(created), bool(secret))
+            for row_id, owner, key, secret, created in rows
+        }
+        results, inserts, updates = self._plan(group, now, stored)
+        when = _SQLITE_TIME.process_bind_param(now, _SQLITE)
+        for secret in (False, True):
+            if inserts[secret]:
+                conn.executemany(_RAW_INSERT, [
+                    (r["id"], r["owner"], r["key"], _raw_value(r, secret), r["ciphertext"],
+                     r["key_id"], int(secret),
+                     _SQLITE_TIME.process_bind_param(r["created_at"], _SQLITE), when)
+                    for r in inserts[secret]
+                ])  # fmt: skip
+            if updates[secret]:
+                conn.executemany(_RAW_UPDATE, [
+                    (_raw_value(r, secret), r["ciphertext"], r["key_id"], int(secret), when,
+                     r["b_id"])
+                    for r in updates[secret]
+                ])  # fmt: skip
+        return results
+
+    def _plan(
+        self,
+        group: builtins.list[_Write],
+        now: datetime,
+        stored: dict[tuple[str, str], tuple[str, datetime, bool]],
+    ) -> tuple[builtins.list[Variable | Exception], dict[bool, Any], dict[bool, Any]]:
+        """Each write's answer, and the final state of each key as insert and update
+        parameters by kind (secret or not). ``stored``: (owner, key) -> (row id, created_at,
+        secret) of the rows there are."""
         #: (owner, key) -> [row id, created_at, secret, the row's values]
         state: dict[tuple[str, str], builtins.list[Any]] = {}
         results: builtins.list[Variable | Exception] = []
@@ -732,11 +823,7 @@ class VariableStore:
             current = state.get(ident)
             if current is None:
                 row = stored.get(ident)
-                current = (
-                    [row.id, row.created_at, bool(row.secret), None]
-                    if row is not None
-                    else [new_id(), now, False, None]
-                )
+                current = [*row, None] if row is not None else [new_id(), now, False, None]
             row_id, created, was_secret, _ = current
             is_secret = w.secret if w.secret is not None else was_secret
             try:
@@ -757,12 +844,7 @@ class VariableStore:
             else:
                 inserts[secret].append({"id": row_id, "owner": owner, "key": key,
                                         "created_at": created, **values})  # fmt: skip
-        for secret in (False, True):
-            if inserts[secret]:
-                conn.execute(_INSERT[secret], inserts[secret])
-            if updates[secret]:
-                conn.execute(_UPDATE[secret], updates[secret])
-        return results
+        return results, inserts, updates
 
     def _values(
         self, row_id: str, owner: str, key: str, value: Any, secret: bool
