@@ -10,45 +10,32 @@
 - :meth:`VariableStore.rotate` re-encrypts, batch by batch, the secrets sealed by a key that is
   no longer the current one; rerun it after a crash, it carries on (K3).
 
-Reads go through a :class:`VariableCache`: in process, with a time to live, emptied for a key
-on every write made through this process. Without a shared layer, *another* process's write is
-seen once the local entry expires (``ttl``, 5 s by default). With a :class:`ValkeyCache` every
-read first asks Valkey/Redis for the key's version, which every write replaces after it commits:
-a write made through any process is seen by the next read of every other process. Rows are
-cached as stored: a secret stays encrypted in every cache, in memory and in Valkey.
-
-A miss whose variable is being read from the database already (an entry expired and many
-scripts ask for it at once) waits for that read instead of making its own, provided no write
-went through this process since that read began; if that read fails, each waiting caller reads
-for itself.
-
-If Valkey cannot be reached, reads go to the database (correct, slower) and a warning is
-logged. A write whose version could not be replaced leaves the other processes' entries for
-that key stale until they expire (``ttl`` locally, ``ValkeyCache.ttl`` in Valkey).
+Reads go through a :class:`~cronium_core.variable_cache.VariableCache` (in process, and in
+Valkey/Redis when configured; see :mod:`cronium_core.variable_cache`), which every write made
+through this process empties for its key once the write has committed.
 
 Writes are committed in groups: a write that arrives while another group's transaction is
 running waits for it, and then goes with every write that arrived meanwhile, in one
-transaction (one trip to the database's thread on SQLite: one read of the rows, one insert and
-one update statement for the lot). Each write still gets its own answer: written, or refused
-for its own reason (a secret too short) without the others being refused. A group that fails as
-a whole is retried one write per transaction, so that each caller sees its own error. A caller
-returns only once its write has committed and the caches have forgotten the old value.
+transaction (one read of the rows, one insert and one update statement for the lot; on SQLite
+in place on a plain ``sqlite3`` connection when the database is free for writing, else in one
+trip to a thread, see ``DataStore.transact_in_place``). Each write still gets its own
+answer: written, or refused for its own reason (a secret too short) without the others being
+refused. A group that fails as a whole is retried one write per transaction, so that each
+caller sees its own error. A caller returns only once its write has committed and the caches
+have forgotten the old value.
 """
 
 from __future__ import annotations
 
 import builtins
 import functools
-import hashlib
 import json
 import logging
 import sqlite3
 import time
-import uuid
-from collections.abc import Callable, Iterable
 from contextlib import AsyncExitStack
 from datetime import datetime
-from typing import Any, NamedTuple
+from typing import Any
 
 import anyio
 import attrs
@@ -62,6 +49,7 @@ from .datastore import DataStore, WriteBusy, new_id
 from .errors import Conflict, NotFound, ValidationError
 from .masking import MIN_SECRET_LENGTH
 from .runtime import check_json_value, check_variable_key
+from .variable_cache import Lookup, StoredRow, ValkeyCache, VariableCache
 
 __all__ = [
     "RotationReport",
@@ -131,33 +119,6 @@ class Variable:
 
 
 @attrs.frozen(kw_only=True)
-class _Row:
-    """A row as stored: what the caches hold (a secret still sealed)."""
-
-    id: str
-    owner: str
-    key: str
-    value: Any
-    ciphertext: str | None
-    secret: bool
-    created_at: datetime
-    updated_at: datetime
-
-    def to_json(self) -> dict[str, Any]:
-        data = attrs.asdict(self)
-        data["created_at"] = self.created_at.isoformat()
-        data["updated_at"] = self.updated_at.isoformat()
-        return data
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> _Row:
-        data = dict(data)
-        data["created_at"] = datetime.fromisoformat(data["created_at"])
-        data["updated_at"] = datetime.fromisoformat(data["updated_at"])
-        return cls(**data)
-
-
-@attrs.frozen(kw_only=True)
 class RotationReport:
     #: secrets re-encrypted under the current key by this run
     rotated: int
@@ -166,261 +127,6 @@ class RotationReport:
     batches: int
     #: False when ``max_batches`` stopped the run before it ran out of rows
     complete: bool
-
-
-# -- caches ------------------------------------------------------------------------------
-
-
-class _Lookup(NamedTuple):  # one per read: a tuple is built in a fraction of an attrs class
-    owner: str
-    key: str
-    hit: bool
-    row: _Row | None
-    #: the shared version this read was made under; None without a shared layer
-    version: str | None
-    #: the local write count when the read began: a write since then forbids the fill
-    writes: int
-    #: the shared layer failed: neither use nor fill any cache
-    bypass: bool = False
-    #: a miss: the database read that lookups of the same variable wait for
-    flight: _Flight | None = None
-
-
-@attrs.define(eq=False)
-class _Flight:
-    """A database read of one variable in progress. Lookups of the same variable (same
-    version, no local write since) wait for it instead of reading the database again."""
-
-    done: anyio.Event = attrs.field(factory=anyio.Event)
-    row: _Row | None = None
-    #: False: the read failed (or was cancelled); whoever waited reads for itself
-    ok: bool = False
-
-
-@attrs.define(eq=False)
-class _Entry:
-    row: _Row | None
-    version: str | None
-    expires: float
-
-
-@attrs.define(kw_only=True, eq=False)
-class ValkeyCache:
-    """The shared layer of :class:`VariableCache`, in Valkey or Redis (``valkey`` package).
-
-    Per variable it holds a *version* (a random token, replaced by every write, so that a
-    version never comes back after an eviction or a restart) and the row read under each
-    version. A row read under an old version is never served once the version has moved on.
-    """
-
-    url: str
-    prefix: str = "cronium:variables"
-    #: seconds a row stays in Valkey
-    ttl: float = 300.0
-    #: seconds a version lives without writes (a version that expires is simply replaced)
-    version_ttl: int = 86_400
-    timeout: float = 2.0
-    _client: Any = attrs.field(init=False, default=None)
-    _errors: tuple[type[BaseException], ...] = attrs.field(init=False, default=(OSError,))
-
-    async def start(self, exit_stack: AsyncExitStack) -> None:
-        try:
-            from valkey import asyncio as valkey
-            from valkey.exceptions import ValkeyError
-        except ImportError:
-            raise ValidationError(
-                "valkey_url", "a shared cache needs the valkey package: pip install cronium[valkey]"
-            ) from None
-        self._errors = (ValkeyError, OSError)
-        self._client = valkey.Valkey.from_url(
-            self.url, socket_timeout=self.timeout, socket_connect_timeout=self.timeout
-        )
-        exit_stack.push_async_callback(self._client.aclose)
-
-    @property
-    def client(self) -> Any:
-        if self._client is None:
-            raise RuntimeError("ValkeyCache used before start() (VariableStore.start)")
-        return self._client
-
-    @property
-    def errors(self) -> tuple[type[BaseException], ...]:
-        """What a call may raise when Valkey is unreachable or unwell."""
-        return self._errors
-
-    def _ident(self, owner: str, key: str) -> str:
-        # hashed: the owner's name and the key stay out of Valkey's key space
-        return hashlib.sha256(json.dumps([owner, key]).encode()).hexdigest()[:40]
-
-    async def version(self, owner: str, key: str) -> str:
-        name = f"{self.prefix}:v:{self._ident(owner, key)}"
-        found = await self.client.get(name)
-        if found is None:
-            fresh = uuid.uuid4().hex
-            if await self.client.set(name, fresh, nx=True, ex=self.version_ttl):
-                return fresh
-            found = await self.client.get(name)
-            if found is None:  # expired in between: a version nobody else holds is safe
-                return fresh
-        return bytes(found).decode()
-
-    async def get(self, owner: str, key: str, version: str) -> tuple[bool, _Row | None]:
-        """(found, row): found False when nothing is cached for this version."""
-        raw = await self.client.get(f"{self.prefix}:d:{self._ident(owner, key)}:{version}")
-        if raw is None:
-            return False, None
-        data = json.loads(raw)
-        return True, (_Row.from_json(data["row"]) if data["row"] is not None else None)
-
-    async def put(self, owner: str, key: str, version: str, row: _Row | None) -> None:
-        payload = json.dumps({"row": row.to_json() if row is not None else None})
-        name = f"{self.prefix}:d:{self._ident(owner, key)}:{version}"
-        await self.client.set(name, payload, px=max(1, int(self.ttl * 1000)))
-
-    async def bump(self, keys: Iterable[tuple[str, str]]) -> None:
-        """Give each variable a new version: every cached row of it is dead."""
-        async with self.client.pipeline(transaction=False) as pipe:
-            for owner, key in keys:
-                name = f"{self.prefix}:v:{self._ident(owner, key)}"
-                pipe.set(name, uuid.uuid4().hex, ex=self.version_ttl)
-            await pipe.execute()
-
-
-@attrs.define(kw_only=True, eq=False)
-class VariableCache:
-    """The read cache of a :class:`VariableStore`: in process (a dict with a time to live),
-    checked against a :class:`ValkeyCache` when one is given. Absent variables are cached
-    too (scripts often ask for variables that do not exist)."""
-
-    #: seconds a local entry lives
-    ttl: float = 5.0
-    max_entries: int = 10_000
-    shared: ValkeyCache | None = None
-    monotonic: Callable[[], float] = time.monotonic
-    #: reads served without the database (from memory or from Valkey)
-    hits: int = attrs.field(init=False, default=0)
-    #: of those, the ones Valkey served
-    shared_hits: int = attrs.field(init=False, default=0)
-    #: of those, the ones that waited for another lookup's database read of the same variable
-    joined_hits: int = attrs.field(init=False, default=0)
-    #: reads that went to the database
-    misses: int = attrs.field(init=False, default=0)
-    _entries: dict[tuple[str, str], _Entry] = attrs.field(init=False, factory=dict)
-    #: (owner, key, version, write count) -> the database read in progress
-    _flights: dict[tuple[str, str, str | None, int], _Flight] = attrs.field(
-        init=False, factory=dict
-    )
-    _writes: int = attrs.field(init=False, default=0)
-    _warned_at: float | None = attrs.field(init=False, default=None)
-
-    async def start(self, exit_stack: AsyncExitStack) -> None:
-        if self.shared is not None:
-            await self.shared.start(exit_stack)
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    async def lookup(self, owner: str, key: str) -> _Lookup:
-        ident = (owner, key)
-        version: str | None = None
-        if self.shared is not None:
-            try:
-                version = await self.shared.version(owner, key)
-            except self.shared.errors as exc:
-                return self._bypass(owner, key, exc)
-        entry = self._entries.get(ident)
-        if entry is not None:
-            if entry.expires > self.monotonic() and entry.version == version:
-                self.hits += 1
-                return _Lookup(owner, key, True, entry.row, version, self._writes)
-            del self._entries[ident]
-        if self.shared is not None and version is not None:
-            try:
-                found, row = await self.shared.get(owner, key, version)
-            except self.shared.errors as exc:
-                return self._bypass(owner, key, exc)
-            if found:
-                self.hits += 1
-                self.shared_hits += 1
-                self._keep(ident, row, version)
-                return _Lookup(owner, key, True, row, version, self._writes)
-        # a miss: if this variable is being read already (an entry just expired, and every
-        # script asks for it at once), wait for that read rather than make another
-        writes = self._writes
-        flight = self._flights.get((owner, key, version, writes))
-        if flight is not None:
-            await flight.done.wait()
-            if flight.ok:
-                self.hits += 1
-                self.joined_hits += 1
-                return _Lookup(owner, key, True, flight.row, version, writes)
-            self.misses += 1  # that read failed: this one is on its own
-            return _Lookup(owner, key, False, None, version, writes)
-        self.misses += 1
-        flight = self._flights[(owner, key, version, writes)] = _Flight()
-        return _Lookup(owner, key, False, None, version, writes, flight=flight)
-
-    def abandon(self, lookup: _Lookup) -> None:
-        """The database read after a missed ``lookup`` failed: whoever waits for it reads
-        for itself."""
-        self._land(lookup, None, ok=False)
-
-    def _land(self, lookup: _Lookup, row: _Row | None, *, ok: bool) -> None:
-        flight = lookup.flight
-        if flight is None or flight.done.is_set():
-            return
-        ident = (lookup.owner, lookup.key, lookup.version, lookup.writes)
-        if self._flights.get(ident) is flight:
-            del self._flights[ident]
-        flight.row, flight.ok = row, ok
-        flight.done.set()
-
-    async def fill(self, lookup: _Lookup, row: _Row | None) -> None:
-        """Cache what the database said after a missed ``lookup``."""
-        self._land(lookup, row, ok=True)
-        if lookup.bypass or lookup.hit or lookup.writes != self._writes:
-            return  # a write began meanwhile: what was read may be older than it
-        self._keep((lookup.owner, lookup.key), row, lookup.version)
-        if self.shared is not None and lookup.version is not None:
-            try:
-                await self.shared.put(lookup.owner, lookup.key, lookup.version, row)
-            except self.shared.errors as exc:
-                self._warn(exc)
-
-    async def invalidate(self, keys: Iterable[tuple[str, str]]) -> None:
-        """Forget these variables (after their write has committed), here and everywhere."""
-        keys = builtins.list(keys)
-        self._writes += 1
-        for ident in keys:
-            self._entries.pop(ident, None)
-        if self.shared is not None and keys:
-            try:
-                await self.shared.bump(keys)
-            except self.shared.errors:
-                log.exception(
-                    "could not publish a variable write to the shared cache; other processes "
-                    "may read the old value for up to %g s",
-                    max(self.ttl, self.shared.ttl),
-                )
-
-    def _keep(self, ident: tuple[str, str], row: _Row | None, version: str | None) -> None:
-        self._entries.pop(ident, None)
-        while len(self._entries) >= self.max_entries:
-            del self._entries[next(iter(self._entries))]  # the oldest fill goes first
-        self._entries[ident] = _Entry(row, version, self.monotonic() + self.ttl)
-
-    def _bypass(self, owner: str, key: str, exc: BaseException) -> _Lookup:
-        self._warn(exc)
-        self._entries.pop((owner, key), None)
-        self.misses += 1
-        return _Lookup(owner, key, False, None, None, self._writes, bypass=True)
-
-    def _warn(self, exc: BaseException) -> None:
-        now = self.monotonic()
-        if self._warned_at is None or now - self._warned_at >= 60:
-            self._warned_at = now
-            log.warning("shared variable cache unavailable (%s); reading the database",
-                        type(exc).__name__)  # fmt: skip
 
 
 # -- the store ---------------------------------------------------------------------------
@@ -673,7 +379,7 @@ class VariableStore:
 
     # -- internals ------------------------------------------------------------------------
 
-    async def _read(self, lookup: _Lookup) -> _Row | None:
+    async def _read(self, lookup: Lookup) -> StoredRow | None:
         query = sa.select(_table).where(_table.c.owner == lookup.owner, _table.c.key == lookup.key)
         try:
             async with self.store.read() as conn:
@@ -685,7 +391,7 @@ class VariableStore:
         await self.cache.fill(lookup, row)
         return row
 
-    def _open(self, row: _Row) -> Variable:
+    def _open(self, row: StoredRow) -> Variable:
         if not row.secret:
             return _variable(row, row.value)
         assert row.ciphertext is not None
@@ -860,8 +566,8 @@ class VariableStore:
         }
 
 
-def _row(r: sa.Row[Any]) -> _Row:
-    return _Row(
+def _row(r: sa.Row[Any]) -> StoredRow:
+    return StoredRow(
         id=r.id,
         owner=r.owner,
         key=r.key,
@@ -873,6 +579,6 @@ def _row(r: sa.Row[Any]) -> _Row:
     )
 
 
-def _variable(row: _Row, value: Any) -> Variable:
+def _variable(row: StoredRow, value: Any) -> Variable:
     return Variable(owner=row.owner, key=row.key, value=value, secret=row.secret,
                     created_at=row.created_at, updated_at=row.updated_at)  # fmt: skip
