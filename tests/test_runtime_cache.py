@@ -13,13 +13,13 @@ from contextlib import AsyncExitStack, asynccontextmanager
 import pytest
 
 from cronium_core import FakeClock, Job, JobStatus, RetryPolicy
+from cronium_core.attempts import LEASE_MARGIN, AttemptReader
 from cronium_core.broker import LocalBroker
 from cronium_core.crypto import Cipher, generate_key
 from cronium_core.datastore import DataStore
 from cronium_core.engine import RunEngine
 from cronium_core.errors import InvalidToken
 from cronium_core.queue import JobQueue
-from cronium_core.runtime import LEASE_MARGIN, AttemptReader
 from cronium_core.variables import VariableStore
 from tests.test_runtime_api import Runtime, ok, runtime, unauthorized
 

@@ -25,6 +25,7 @@ import anyio
 import attrs
 from anyio.abc import TaskStatus
 
+from .attempts import LiveAttempts
 from .broker import Notice
 from .engine import RunEngine
 from .errors import EventNotFound
@@ -33,7 +34,6 @@ from .executors import UNSET, ExecutionRequest, Executor, Outcome
 from .jobs import Job, JobStatus, Stream
 from .masking import LineMasker, SecretMasker
 from .queue import JobQueue
-from .runtime import LiveAttempts
 
 __all__ = ["Worker"]
 
