@@ -42,11 +42,6 @@ class LineSplitter:
         self._pending = bytearray()
         self._skipping = False  # inside the dropped tail of a cut line
 
-    @property
-    def pending(self) -> bool:
-        """Whether a line has begun and not ended (no newline yet)."""
-        return bool(self._pending) or self._skipping
-
     def feed(self, data: bytes) -> list[str]:
         lines: list[str] = []
         start = 0

@@ -573,7 +573,8 @@ class ContainerExecutor(Executor):
     async def _run(
         self, cid: str, request: ExecutionRequest, emit: LogSink, script_dir: str
     ) -> Outcome:
-        output = _Output(emit, self.settings.max_log_bytes)
+        # digests of what was followed: only an engine whose follow ends early needs them
+        output = _Output(emit, self.settings.max_log_bytes, digests=self.backend.logs_end_early)
         follow = _Follow(partial(self.backend.container_logs, cid, True))
         oom: OomProbe | None = None
         writer: LogWriter | None = None
@@ -839,14 +840,16 @@ class _Output:
 
     _STREAMS = {1: Stream.STDOUT, 2: Stream.STDERR}
 
-    def __init__(self, emit: LogSink, budget: int) -> None:
+    def __init__(self, emit: LogSink, budget: int, *, digests: bool = False) -> None:
         self._emit = emit
         self._budget = budget
         self._limit = budget
         self._splitters = {1: LineSplitter(), 2: LineSplitter()}
-        #: bytes received per stream (1 stdout, 2 stderr), and their digest
+        #: bytes received per stream (1 stdout, 2 stderr)
         self.received = {1: 0, 2: 0}
-        self._digests = {1: _digest(), 2: _digest()}
+        #: with ``digests``: the digest of each stream's bytes, kept until the output is full
+        #: (a full output is not checked against the stored log: nothing more is kept)
+        self._digests = {1: _digest(), 2: _digest()} if digests else None
         self.dropped = 0
 
     @property
@@ -854,12 +857,15 @@ class _Output:
         return self._budget <= 0
 
     def digest(self, number: int) -> bytes:
+        if self._digests is None:
+            raise RuntimeError("an output made without digests")
         return self._digests[number].digest()
 
     async def feed(self, number: int, data: bytes) -> None:
         number = number if number in self._splitters else 1
         self.received[number] += len(data)
-        self._digests[number].update(data)
+        if self._digests is not None and not self.full:
+            self._digests[number].update(data)
         for line in self._splitters[number].feed(data):
             await self._line(number, line)
 
