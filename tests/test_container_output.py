@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import io
 import logging
-import struct
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ from cronium_core.jobs import Stream
 from cronium_executors._container_engine import LogWriter
 from cronium_executors.container import _Output
 from cronium_executors.podman import PodmanExecutor
+from tests.test_container_unit import frame
 
 pytestmark = pytest.mark.anyio
 
@@ -32,7 +32,7 @@ CID = "c0ffee" * 10 + "abcd"
 
 
 def frames(*parts: tuple[int, bytes]) -> bytes:
-    return b"".join(struct.pack(">BxxxL", n, len(d)) + d for n, d in parts)
+    return b"".join(frame(n, d) for n, d in parts)
 
 
 class Breaks(io.RawIOBase):
@@ -105,7 +105,7 @@ def exited_writer() -> Iterator[LogWriter]:
 
 
 async def followed(sink: Sink, *parts: tuple[int, bytes], budget: int = 1 << 20) -> _Output:
-    output = _Output(sink, budget)
+    output = _Output(sink, budget, digests=True)
     for number, data in parts:
         await output.feed(number, data)
     return output
