@@ -53,9 +53,9 @@ class _Running:
     job: Job
     scope: anyio.CancelScope
     reason: str | None = None  #: why the scope was cancelled: cancelled | lost | shutdown
-    #: ``time.monotonic()`` before which the lease is surely ours: when the claim or the last
-    #: heartbeat was *asked* for, plus the lease's length (the database set the lease's end
-    #: at least that late)
+    #: ``time.monotonic()`` before which the claimed lease is surely ours: when the claim was
+    #: *asked* for, plus the lease's length (the database set the lease's end at least that
+    #: late); heartbeats extend it in ``LiveAttempts``
     leased_until: float = 0.0
 
 
@@ -313,9 +313,8 @@ class Worker:
                 running.reason = "lost"
                 running.scope.cancel()
                 return
-            running.leased_until = asked + self.queue.lease_seconds
             if self.live is not None:
-                self.live.renew(job.id, job.lease_id, running.leased_until)
+                self.live.renew(job.id, job.lease_id, asked + self.queue.lease_seconds)
             if beat.cancel_requested:
                 running.reason = running.reason or "cancelled"
                 running.scope.cancel()
