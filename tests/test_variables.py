@@ -23,6 +23,7 @@ import anyio
 import anyio.lowlevel
 import pytest
 import sqlalchemy as sa
+from anyio.lowlevel import checkpoint as a_turn
 
 from cronium_core import FakeClock, schema
 from cronium_core.crypto import Cipher, DecryptionFailed, generate_key
@@ -388,18 +389,100 @@ async def test_a_failed_group_gives_each_writer_its_own_error(
     assert variables._pending == []
 
 
-async def test_a_write_cancelled_before_its_group_is_not_written(
-    variables: VariableStore,
+def held_commits(monkeypatch: pytest.MonkeyPatch) -> tuple[anyio.Event, list[int]]:
+    """Groups wait for the event before their transaction; the sizes of the groups, in
+    order."""
+    gate = anyio.Event()
+    sizes: list[int] = []
+    transact = VariableStore._transact
+
+    async def held(self: VariableStore, group: list[Any]) -> Any:
+        sizes.append(len(group))
+        await gate.wait()
+        return await transact(self, group)
+
+    monkeypatch.setattr(VariableStore, "_transact", held)
+    return gate, sizes
+
+
+async def until(condition: Any) -> None:
+    while not condition():
+        await a_turn()  # bound at import: a test below holds anyio.lowlevel.checkpoint
+
+
+async def test_writes_during_a_commit_form_the_next_group(
+    variables: VariableStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # another group is being committed (its writer holds the turn)
-    async with anyio.create_task_group() as tg, variables._committing:
-        tg.start_soon(variables.set, "alice", "late", 1)
-        while not variables._pending:
-            await anyio.lowlevel.checkpoint()
-        tg.cancel_scope.cancel()  # the writer gives up while it waits for its turn
-    assert variables._pending == []
+    gate, sizes = held_commits(monkeypatch)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(variables.set, "alice", "first", 0)
+        await until(lambda: sizes == [1])  # its group is in its transaction
+        for n in range(5):
+            tg.start_soon(variables.set, "alice", f"k{n}", n)
+        await until(lambda: len(variables._pending) == 5)
+        gate.set()
+    # one of the five led their group once the first was answered: two transactions in all
+    assert sizes == [1, 5] and variables._pending == [] and not variables._leading
+    assert [(await variables.get("alice", f"k{n}")).value for n in range(5)] == list(range(5))
+    assert (await variables.get("alice", "first")).value == 0
+
+
+async def test_a_write_cancelled_before_its_group_is_not_written(
+    variables: VariableStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gate, sizes = held_commits(monkeypatch)
+    late = anyio.CancelScope()
+
+    async def write_late() -> None:
+        with late:
+            await variables.set("alice", "late", 1)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(variables.set, "alice", "first", 0)
+        await until(lambda: sizes == [1])  # another group is being committed
+        tg.start_soon(write_late)
+        await until(lambda: variables._pending)
+        late.cancel()  # the writer gives up while it waits for its turn
+        await until(lambda: not variables._pending)
+        gate.set()
+    assert sizes == [1] and late.cancelled_caught
+    assert (await variables.get("alice", "first")).value == 0
     with pytest.raises(VariableNotFound):
         await variables.get("alice", "late")
+
+
+async def test_a_leader_cancelled_before_its_commit_hands_over(
+    variables: VariableStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the leader's pause (the one turn of the loop that lets a group form) is held open
+    pause = anyio.Event()
+    checkpoint = anyio.lowlevel.checkpoint
+    paused: list[int] = []
+
+    async def held_pause() -> None:
+        if not paused:
+            paused.append(1)
+            await pause.wait()
+        await checkpoint()
+
+    monkeypatch.setattr(anyio.lowlevel, "checkpoint", held_pause)
+    leader = anyio.CancelScope()
+
+    async def lead() -> None:
+        with leader:
+            await variables.set("alice", "leader", 0)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(lead)
+        await until(lambda: paused)
+        tg.start_soon(variables.set, "alice", "follower", 1)
+        await until(lambda: len(variables._pending) == 2)
+        leader.cancel()  # before its group began: the follower must not wait for ever
+    assert leader.cancelled_caught
+    assert (await variables.get("alice", "follower")).value == 1
+    with pytest.raises(VariableNotFound):
+        await variables.get("alice", "leader")
+    assert variables._pending == [] and not variables._leading
 
 
 # -- K1: no plaintext at rest ------------------------------------------------------------

@@ -231,23 +231,32 @@ class DataStore:
         waits in a thread. An error in ``fn`` rolls back and propagates; a ``sqlite3`` error
         also closes the connection (opened again next time). The connection never runs a
         checkpoint (``wal_autocheckpoint=0``), which could take milliseconds of the loop: the
-        store's other connections checkpoint when they commit."""
-        async with self._write_lock:
-            conn = self._in_place if self._in_place is not None else self._open_in_place()
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-            except sqlite3.OperationalError as exc:
-                raise WriteBusy(str(exc)) from None
-            try:
-                result = fn(conn)
-                conn.execute("COMMIT")
-            except BaseException as exc:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
-                if isinstance(exc, sqlite3.Error):
-                    self._close_in_place()
-                raise
-            return result
+        store's other connections checkpoint when they commit.
+
+        The transaction runs without a pause, so while this process's writer lock is free it
+        need not be taken (taking it costs a turn of the event loop); while it is held, the
+        transaction waits for it like any other write of this process."""
+        if self._write_lock.locked():
+            async with self._write_lock:
+                return self._transact_now(fn)
+        return self._transact_now(fn)
+
+    def _transact_now(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        conn = self._in_place if self._in_place is not None else self._open_in_place()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            raise WriteBusy(str(exc)) from None
+        try:
+            result = fn(conn)
+            conn.execute("COMMIT")
+        except BaseException as exc:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.Error):
+                self._close_in_place()
+            raise
+        return result
 
     def _open_in_place(self) -> sqlite3.Connection:
         path = self.sqlite_path

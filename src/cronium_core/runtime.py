@@ -303,11 +303,8 @@ class RuntimeService:
         self, job: Job, key: str, value: Any, *, secret: bool | None = None
     ) -> None:
         """Create or replace the job owner's variable. ``secret=None`` keeps the variable's
-        current flag (a new variable is not secret)."""
-        check_variable_key(key)
-        if secret is not None and not isinstance(secret, bool):
-            raise ValidationError("secret", "must be true or false")
-        check_json_value(value, "value")
+        current flag (a new variable is not secret). The store checks the key, the value and
+        the flag (once: a value's check walks all of it)."""
         variables = self._variables()
         await variables.set(await self._owner(job), key, value, secret=secret)
 

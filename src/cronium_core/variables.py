@@ -14,11 +14,14 @@ Reads go through a :class:`~cronium_core.variable_cache.VariableCache` (in proce
 Valkey/Redis when configured; see :mod:`cronium_core.variable_cache`), which every write made
 through this process empties for its key once the write has committed.
 
-Writes are committed in groups: a write that arrives while another group's transaction is
-running waits for it, and then goes with every write that arrived meanwhile, in one
-transaction (one read of the rows, one insert and one update statement for the lot; on SQLite
+Writes are committed in groups: the first writer to find no group under way leads; it lets
+the event loop turn once, so that the writes arriving meanwhile join it, and commits them all
+in one transaction (one read of the rows, one insert and one update statement for the lot; on SQLite
 in place on a plain ``sqlite3`` connection when the database is free for writing, else in one
-trip to a thread, see ``DataStore.transact_in_place``). Each write still gets its own
+trip to a thread, see ``DataStore.transact_in_place``). The writers of a group wait on one
+event, set once the group is answered; a write left for a later group (over
+:data:`MAX_WRITE_GROUP`, or arrived during the commit) is led by one of its writers once the
+leader is done. Each write still gets its own
 answer: written, or refused for its own reason (a secret too short) without the others being
 refused. A group that fails as a whole is retried one write per transaction, so that each
 caller sees its own error. A caller returns only once its write has committed and the caches
@@ -38,6 +41,7 @@ from datetime import datetime
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import attrs
 import sqlalchemy as sa
 from sqlalchemy.dialects import sqlite as sqlite_dialect
@@ -210,9 +214,12 @@ class VariableStore:
     _secrets: dict[str, tuple[builtins.list[str], float]] = attrs.field(
         factory=dict, init=False, repr=False
     )
-    #: writes waiting for the next group, and the turn to commit one
+    #: writes waiting for the next group; whether a writer is leading (committing groups)
     _pending: builtins.list[_Write] = attrs.field(factory=list, init=False, repr=False)
-    _committing: anyio.Lock = attrs.field(factory=anyio.Lock, init=False, repr=False)
+    _leading: bool = attrs.field(default=False, init=False, repr=False)
+    #: what the other writers wait on: set (and forgotten) each time a group is answered and
+    #: when the leader is done
+    _answered: anyio.Event | None = attrs.field(default=None, init=False, repr=False)
 
     async def start(self, exit_stack: AsyncExitStack) -> None:
         await self.cache.start(exit_stack)
@@ -251,8 +258,13 @@ class VariableStore:
         write = _Write(owner, key, value, secret)
         self._pending.append(write)
         try:
-            async with self._committing:
-                await self._commit_until(write)
+            while write.result is None:
+                if self._leading:
+                    if self._answered is None:
+                        self._answered = anyio.Event()
+                    await self._answered.wait()
+                else:
+                    await self._lead(write)
         except BaseException:
             if write.result is None and write in self._pending:
                 self._pending.remove(write)  # cancelled before its group began: not written
@@ -398,14 +410,30 @@ class VariableStore:
         plaintext = self.cipher.decrypt(row.ciphertext, sealing_context(row.id, row.owner, row.key))
         return _variable(row, json.loads(plaintext))
 
-    async def _commit_until(self, write: _Write) -> None:
-        """With the turn held: commit the writes waiting, in groups, until ``write`` is."""
-        while write.result is None:
-            group = self._pending[:MAX_WRITE_GROUP]
-            del self._pending[:MAX_WRITE_GROUP]
-            if not group:  # its group was cut short (see _commit): no answer to give
-                raise RuntimeError("a variable write was lost before it committed")
-            await self._commit(group)
+    async def _lead(self, write: _Write) -> None:
+        """Commit the writes waiting, in groups, until ``write`` is; wake the waiting writers
+        after each group, and when done (one of those left then leads)."""
+        self._leading = True
+        try:
+            # one turn of the event loop: the writes that arrive meanwhile join the group
+            await anyio.lowlevel.checkpoint()
+            while write.result is None:
+                group = self._pending[:MAX_WRITE_GROUP]
+                del self._pending[:MAX_WRITE_GROUP]
+                if not group:  # its group was cut short (see _commit): no answer to give
+                    raise RuntimeError("a variable write was lost before it committed")
+                try:
+                    await self._commit(group)
+                finally:
+                    self._wake()
+        finally:
+            self._leading = False
+            self._wake()
+
+    def _wake(self) -> None:
+        answered, self._answered = self._answered, None
+        if answered is not None:
+            answered.set()
 
     async def _commit(self, group: builtins.list[_Write]) -> None:
         """Write ``group`` and set each write's result. Shielded: once its transaction has
