@@ -10,7 +10,8 @@ Three processes, so that no two of them share an event loop:
   body of the same shape as a variable read) with :func:`cronium_runtime.server.serve` (uvicorn
   with httptools, as in production) on two loopback ports, in one event loop on uvloop (the
   CLI's). The production rate limit (50/s per execution) would refuse this load, so it is
-  raised out of the way; its code still runs on every request.
+  raised out of the way; its code still runs on every request. Once set up, the server
+  freezes its heap (``freeze_heap``), as the CLI's long-running commands do.
 - the **clients**: one process, 50 asyncio tasks on uvloop, each with its own keep-alive
   connection, writing pre-built HTTP/1.1 requests and parsing the answers by hand (no HTTP
   library: the client must cost as little CPU as possible, the machine has two cores).
@@ -135,6 +136,7 @@ async def serve_both(conn: Connection, db: Path, clients: int, embedded: bool = 
     from cronium_core.runtime import RateLimiter
     from cronium_core.tokens import generate_key
     from cronium_runtime import create_app, serve
+    from cronium_runtime.server import freeze_heap
 
     async with Cronium(
         f"sqlite:///{db}",
@@ -163,6 +165,8 @@ async def serve_both(conn: Connection, db: Path, clients: int, embedded: bool = 
                 cr.runtime.live.open(
                     job, OWNER, secrets, leased_until=asked + cr.queue.lease_seconds
                 )
+        # as the CLI does once started: the startup heap leaves the full collections
+        freeze_heap()
         async with anyio.create_task_group() as tg:
             tg.start_soon(heartbeats, cr, jobs, embedded)
             runtime_url = await tg.start(serve, create_app(cr.runtime))

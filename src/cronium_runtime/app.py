@@ -17,13 +17,12 @@ from __future__ import annotations
 import json
 import logging
 import math
-from contextlib import aclosing
 from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
@@ -90,15 +89,30 @@ def create_app(
 # -- responses -----------------------------------------------------------------------
 
 
-def _ok(data: Any = None) -> JSONResponse:
-    return JSONResponse({"success": True, "data": data})
+#: what JSONResponse.render does, with the encoder built once (json.dumps builds one per call
+#: when given options)
+_encode = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
+
+
+class _JSON(JSONResponse):
+    def render(self, content: Any) -> bytes:
+        return _encode(content).encode()
+
+
+_DONE = b'{"success":true,"data":null}'
+
+
+def _ok(data: Any = None) -> Response:
+    if data is None:
+        return Response(_DONE, media_type="application/json")
+    return _JSON({"success": True, "data": data})
 
 
 def _error(
     status: int, error: str, message: str, headers: dict[str, str] | None = None
 ) -> JSONResponse:
     body = {"success": False, "error": error, "message": message}
-    return JSONResponse(body, status_code=status, headers=headers)
+    return _JSON(body, status_code=status, headers=headers)
 
 
 def error_status(exc: CroniumError) -> tuple[int, str]:
@@ -152,13 +166,18 @@ async def _server_error(request: Request, exc: Exception) -> Response:
 # -- request parsing -----------------------------------------------------------------
 
 
+def _header(request: Request, name: bytes) -> str | None:
+    """The first value of header ``name`` (lower case), straight from the ASGI scope: no
+    Headers object per call."""
+    for key, value in request.scope["headers"]:
+        if key == name:
+            return value.decode("latin-1")  # type: ignore[no-any-return]
+    return None
+
+
 def _bearer(request: Request) -> str | None:
-    # straight from the ASGI scope (names are lower case there): no Headers object per call
-    for name, value in request.scope["headers"]:
-        if name == b"authorization":
-            header = value.decode("latin-1")
-            break
-    else:
+    header = _header(request, b"authorization")
+    if header is None:
         return None
     scheme, _, token = header.strip().partition(" ")
     if scheme.lower() != "bearer":
@@ -170,27 +189,44 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+_decode = json.JSONDecoder(parse_constant=_refuse_constant).decode
+
+
 async def _json_object(request: Request, max_body: int) -> dict[str, Any]:
-    length = request.headers.get("content-length")
+    length = _header(request, b"content-length")
     if length is not None:
         if not (length.isascii() and length.isdigit()):
             raise ValidationError("Content-Length", "is not a number")
         if int(length) > max_body:
             raise PayloadTooLarge(max_body)
-    body = bytearray()
-    # the declared length may be absent (chunked) or wrong: count what actually arrives
-    async with aclosing(request.stream()) as stream:
-        async for chunk in stream:
-            body += chunk
-            if len(body) > max_body:
-                raise PayloadTooLarge(max_body)
+    body = await _read_body(request, max_body)
     try:
-        value = json.loads(bytes(body), parse_constant=_refuse_constant)
+        # as json.loads takes bytes: UTF-8, -16 or -32, found from the first bytes
+        value = _decode(body.decode(json.detect_encoding(body), "surrogatepass"))
     except (ValueError, RecursionError):
         raise ValidationError("body", "is not valid JSON") from None
     if not isinstance(value, dict):
         raise ValidationError("body", "must be a JSON object")
     return value
+
+
+async def _read_body(request: Request, max_body: int) -> bytes:
+    """The request's body, read from the ASGI messages (what ``Request.stream`` does, without
+    an async generator around it; no handler reads a body twice). The declared length may be
+    absent (chunked) or wrong: what actually arrives is counted."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > max_body:
+            raise PayloadTooLarge(max_body)
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def _field(body: dict[str, Any], name: str) -> Any:
@@ -207,7 +243,7 @@ async def _health(request: Request) -> Response:
 
 
 async def _openapi(request: Request) -> Response:
-    return JSONResponse(OPENAPI)
+    return _JSON(OPENAPI)
 
 
 class _Handlers:

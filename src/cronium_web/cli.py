@@ -48,6 +48,7 @@ from cronium_core import (
 )
 from cronium_core.marshal import event_to_dict
 from cronium_core.schedules import Schedule
+from cronium_runtime.server import freeze_heap
 
 DEFAULT_DB = "sqlite:///cronium.db"
 log = logging.getLogger("cronium.cli")
@@ -128,6 +129,7 @@ async def _serve(args: argparse.Namespace) -> int:
         executors=_executors(args),
         executor_config=_executor_config(args),
     ) as cr:
+        freeze_heap()
         names = {r.event.id: r.event.name for r in await cr.events.list()}
         print(
             f"cronium: serving {_db(args)} with executors {', '.join(cr.executors)}; Ctrl-C stops",
@@ -190,6 +192,7 @@ async def _worker(args: argparse.Namespace) -> int:
         reap_interval=args.reap_interval,
         poll_interval=args.poll_interval,
     ) as cr:
+        freeze_heap()
         worker = cr.worker
         assert worker is not None
         print(
@@ -231,6 +234,7 @@ async def _runtime(args: argparse.Namespace) -> int:
     cronium = Cronium(_db(args), worker=False, scheduler=False, upgrade=False)
     async with cronium as cr, anyio.create_task_group() as tg:
         url = await tg.start(partial(serve, create_app(cr.runtime), host=args.host, port=args.port))
+        freeze_heap()
         print(f"cronium runtime: serving the runtime API on {url}", flush=True)
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async for _ in signals:
@@ -241,6 +245,7 @@ async def _runtime(args: argparse.Namespace) -> int:
 
 async def _scheduler(args: argparse.Namespace) -> int:
     async with Cronium(_db(args), worker=False, upgrade=False):
+        freeze_heap()
         print("cronium scheduler: running", flush=True)
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async for _ in signals:
