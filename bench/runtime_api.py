@@ -64,6 +64,7 @@ endpoint included, in turn, so that a burst of outside load does not land on one
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import multiprocessing
 import os
@@ -309,11 +310,16 @@ async def run_workload(plan: dict[str, Any], spec: dict[str, Any]) -> dict[str, 
 def client_main(conn: Connection, plan: dict[str, Any], cpu: int | None) -> None:
     if cpu is not None:
         os.sched_setaffinity(0, {cpu})
+    # the load generator must not pause on its own: a full collection here (tens of ms)
+    # would stall every connection at once and land in every workload's tail
+    gc.freeze()
+    gc.disable()
     while True:
         spec = conn.recv()
         if spec is None:
             return
         conn.send(anyio.run(run_workload, plan, spec, backend_options={"use_uvloop": True}))
+        gc.collect()  # between workloads, off the clock
 
 
 # -- orchestration -----------------------------------------------------------------------
@@ -387,7 +393,7 @@ def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--requests", type=int, default=200, help="per client, closed loop")
+    parser.add_argument("--requests", type=int, default=1000, help="per client, closed loop")
     parser.add_argument("--paced-requests", type=int, default=20, help="per client, paced")
     parser.add_argument("--rate", type=float, default=100.0, help="paced: requests/s in all")
     parser.add_argument("--warmup", type=int, default=20, help="per client and workload")

@@ -16,7 +16,7 @@ from cronium_core import FakeClock, Job, JobStatus, RetryPolicy
 from cronium_core.attempts import LEASE_MARGIN, AttemptReader
 from cronium_core.broker import LocalBroker
 from cronium_core.crypto import Cipher, generate_key
-from cronium_core.datastore import DataStore
+from cronium_core.datastore import DataStore, NotInPlace
 from cronium_core.engine import RunEngine
 from cronium_core.errors import InvalidToken
 from cronium_core.queue import JobQueue
@@ -117,17 +117,19 @@ async def test_a_failing_fast_read_falls_back_to_the_queue(rt: Runtime, db_url: 
     job, token = await rt.running_job()
     path = f"/executions/{job.id}/input"
     ok(await rt.call("GET", path, token))
-    reader = rt.service._attempts
+    store = rt.queue.store
     if not db_url.startswith("sqlite"):
         # PostgreSQL has no fast read: every call already goes through JobQueue.get
-        assert not isinstance(reader, AttemptReader) or reader._conn is None
+        assert store._reader is None
         ok(await rt.call("GET", path, token))
+        assert store._reader is None
         return
-    assert isinstance(reader, AttemptReader) and reader._conn is not None
-    reader._conn.close()  # the connection breaks under it
+    assert store._reader is not None
+    store._reader.close()  # the connection breaks under it
     ok(await rt.call("GET", path, token))  # answered through JobQueue.get
+    assert store._reader is None
     ok(await rt.call("GET", path, token))  # and the next call has a connection again
-    assert reader._conn is not None
+    assert store._reader is not None
     assert job.lease_id is not None
     await rt.engine.finish_job(job.id, job.lease_id, status=JobStatus.FAILED, exit_code=1)
     unauthorized(await rt.call("GET", path, token))
@@ -141,7 +143,9 @@ async def test_attempt_reader_without_a_file_reads_through_the_queue(clock: Fake
         reader = AttemptReader(JobQueue(store=store))
         with pytest.raises(InvalidToken):
             await reader.running("no-such-job", "lease")
-        assert reader._conn is None and not reader._fast
+        assert store._reader is None
+        with pytest.raises(NotInPlace):
+            store.read_in_place(lambda conn: conn.execute("SELECT 1").fetchall())
 
 
 async def test_live_attempt_is_trusted_from_memory_only_while_its_lease_surely_holds(

@@ -5,6 +5,7 @@ and shared through a real redis-server), and the runtime API's variables routes 
 from __future__ import annotations
 
 import contextlib
+import functools
 import glob
 import json
 import os
@@ -27,7 +28,7 @@ from anyio.lowlevel import checkpoint as a_turn
 
 from cronium_core import FakeClock, schema
 from cronium_core.crypto import Cipher, DecryptionFailed, generate_key
-from cronium_core.datastore import DataStore, WriteBusy, new_id
+from cronium_core.datastore import DataStore, NotInPlace, WriteBusy, new_id
 from cronium_core.errors import ValidationError
 from cronium_core.masking import SecretMasker
 from cronium_core.variables import (
@@ -35,6 +36,7 @@ from cronium_core.variables import (
     VariableCache,
     VariableNotFound,
     VariableStore,
+    _read_sqlite,
     sealing_context,
 )
 from tests.test_runtime_api import Runtime, ok, refused, runtime, unauthorized
@@ -308,6 +310,41 @@ async def test_writes_in_place_store_what_sqlalchemy_stores(
     )
     assert none_in_place == 0
     assert in_place == through_sqlalchemy
+
+
+async def test_reads_in_place_read_what_sqlalchemy_reads(
+    sqlite_url: str, cipher: Cipher, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite: a cache miss read on the plain connection (the usual way) gives the row that
+    SQLAlchemy gives (the way when SQLite says no), column by column, secrets still sealed."""
+    async with AsyncExitStack() as stack:
+        store = DataStore(url=sqlite_url)
+        await store.start(stack, upgrade=True)
+        writer = VariableStore(store, cipher)
+        for key, value, secret in WRITTEN:
+            await writer.set("alice", key, value, secret=secret)
+        await writer.set("alice", "text", "hello again")
+        keys = [key for key, _, _ in WRITTEN] + ["missing"]
+        in_place = [
+            store.read_in_place(functools.partial(_read_sqlite, "alice", key)) for key in keys
+        ]
+        reader = VariableStore(store, cipher)  # no cache: every get below is a miss
+        got = {key: (await reader.get("alice", key)).value for key, _, _ in WRITTEN}
+        assert got == {key: value for key, value, _ in WRITTEN} | {"text": "hello again"}
+        assert reader.cache.misses == len(WRITTEN) and store._reader is not None
+
+        def busy(self: DataStore, fn: Any) -> Any:
+            raise NotInPlace("SQLite said no")
+
+        monkeypatch.setattr(DataStore, "read_in_place", busy)
+        through = [await VariableStore(store, cipher)._read_through("alice", k) for k in keys]
+        assert in_place == through and in_place[-1] is None
+        assert all(row is not None and row.created_at.tzinfo is not None for row in in_place[:-1])
+        secret = next(r for r in in_place if r is not None and r.secret)
+        assert secret.value is None and secret.ciphertext is not None
+        # and the fallback serves reads too
+        fresh = VariableStore(store, cipher)
+        assert (await fresh.get("alice", "nested")).value == WRITTEN[3][1]
 
 
 async def test_a_busy_database_does_not_hold_up_the_event_loop(
@@ -747,8 +784,9 @@ async def test_cache_counts_hits_and_misses(store: DataStore, cipher: Cipher) ->
     assert secret not in repr(cache._entries) and "v1.new." in repr(cache._entries)
 
 
+@pytest.mark.parametrize("in_place", [True, False], ids=["in-place", "through"])
 async def test_concurrent_misses_of_one_variable_read_the_database_once(
-    store: DataStore, cipher: Cipher
+    store: DataStore, cipher: Cipher, monkeypatch: pytest.MonkeyPatch, in_place: bool
 ) -> None:
     cache = VariableCache()
     variables = VariableStore(store, cipher, cache)
@@ -756,6 +794,15 @@ async def test_concurrent_misses_of_one_variable_read_the_database_once(
     queries: list[str] = []
     engine = store.engine.sync_engine
     sa.event.listen(engine, "before_cursor_execute", lambda *a: queries.append(a[2]))
+    read_in_place = DataStore.read_in_place
+
+    def counted(self: DataStore, fn: Any) -> Any:
+        if not in_place:
+            raise NotInPlace("SQLite said no")
+        queries.append("in place FROM variables")
+        return read_in_place(self, fn)
+
+    monkeypatch.setattr(DataStore, "read_in_place", counted)
     got: list[Any] = []
 
     async def read() -> None:
@@ -766,7 +813,10 @@ async def test_concurrent_misses_of_one_variable_read_the_database_once(
             tg.start_soon(read)
     assert got == [{"v": 1}] * 10
     assert len([q for q in queries if "FROM variables" in q]) == 1
-    assert (cache.misses, cache.hits, cache.joined_hits) == (1, 9, 9)
+    # in place, the read is done before the next reader asks; through SQLAlchemy (a thread,
+    # or PostgreSQL) the other nine wait for it
+    joined = 0 if in_place and store.sqlite_path is not None else 9
+    assert (cache.misses, cache.hits, cache.joined_hits) == (1, 9, joined)
 
 
 async def test_readers_of_a_failed_read_read_for_themselves(

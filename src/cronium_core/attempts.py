@@ -12,8 +12,8 @@ from __future__ import annotations
 import logging
 import sqlite3
 import time
-import weakref
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -21,6 +21,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 
 from . import schema
+from .datastore import NotInPlace
 from .errors import InvalidToken, JobNotFound
 from .executors import UNSET
 from .jobs import Job, JobStatus
@@ -116,12 +117,12 @@ class AttemptReader:
     """Whether a job still runs a given attempt, read from its row on every call.
 
     On a SQLite file the status, lease and condition are read with one ``SELECT`` by primary
-    key on a ``sqlite3`` connection of the reader's own, in place (no thread hop: it takes a
-    few microseconds). Each statement is its own read transaction, so it sees every commit
-    made before it, by any process. It never waits: the connection's busy timeout is zero, and
-    when SQLite answers busy, or anything else goes wrong, the call falls back to
-    :meth:`JobQueue.get <cronium_core.queue.JobQueue.get>` (and the connection is opened
-    again next time). PostgreSQL and in-memory SQLite always use :meth:`JobQueue.get`.
+    key, in place (:meth:`DataStore.read_in_place
+    <cronium_core.datastore.DataStore.read_in_place>`: no thread hop, a few microseconds).
+    Each statement is its own read transaction, so it sees every commit made before it, by any
+    process. It never waits: when SQLite answers busy, or anything else goes wrong, the call
+    falls back to :meth:`JobQueue.get <cronium_core.queue.JobQueue.get>`. PostgreSQL and
+    in-memory SQLite always use :meth:`JobQueue.get`.
 
     The job's other columns do not change while an attempt runs, so on SQLite the row read by
     an attempt's first call is kept for its next ones (:data:`MAX_KEPT_ATTEMPTS` of them, the
@@ -130,17 +131,13 @@ class AttemptReader:
     queue: JobQueue
     #: job id -> the row read at the first call of its current attempt
     _jobs: OrderedDict[str, Job] = attrs.field(init=False, factory=OrderedDict)
-    _conn: sqlite3.Connection | None = attrs.field(init=False, default=None)
-    _closer: weakref.finalize[Any, Any] | None = attrs.field(init=False, default=None)
-    #: False once the store turned out to have no file to read (or it cannot be opened)
-    _fast: bool = attrs.field(init=False, default=True)
 
     async def running(self, job_id: str, lease_id: str) -> Job:
         """The job, if ``lease_id`` is its running attempt; else ``InvalidToken``."""
         state = self._peek(job_id)
         if state is _UNKNOWN:
             job = self._check(await self._get(job_id), lease_id)
-            return self._keep(job) if self._fast else job
+            return self._keep(job) if self.queue.store.sqlite_path is not None else job
         if state is None:
             self._jobs.pop(job_id, None)
             raise InvalidToken("execution gone")
@@ -158,12 +155,6 @@ class AttemptReader:
         if job.condition is not condition:  # set since, by another process
             job = self._jobs[job_id] = attrs.evolve(job, condition=condition)
         return job
-
-    def close(self) -> None:
-        """Close the connection (the next call opens it again)."""
-        closer, self._closer, self._conn = self._closer, None, None
-        if closer is not None:
-            closer()
 
     async def _get(self, job_id: str) -> Job:
         try:
@@ -188,32 +179,15 @@ class AttemptReader:
     def _peek(self, job_id: str) -> Any:
         """(status, lease id, condition); ``None`` when there is no such job; ``_UNKNOWN``
         when the row cannot be read here and now."""
-        conn = self._conn if self._conn is not None else self._connect()
-        if conn is None:
+        if self.queue.store.sqlite_path is None:
             return _UNKNOWN
         try:
-            # fetchall runs the statement to its end, which ends its read transaction too: a
-            # statement left open would keep this connection on an old snapshot
-            rows = conn.execute(_ATTEMPT_QUERY, (job_id,)).fetchall()
-        except sqlite3.Error as exc:
-            log.debug("attempt check: %s; reading through the queue", type(exc).__name__)
-            self.close()
+            rows = self.queue.store.read_in_place(_read_attempt(job_id))
+        except NotInPlace as exc:
+            log.debug("attempt check: %s; reading through the queue", exc)
             return _UNKNOWN
         return tuple(rows[0]) if rows else None
 
-    def _connect(self) -> sqlite3.Connection | None:
-        path = self.queue.store.sqlite_path if self._fast else None
-        if path is None:
-            self._fast = False
-            return None
-        try:
-            conn = sqlite3.connect(path, timeout=0, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA query_only = ON")
-        except sqlite3.Error as exc:
-            log.warning("attempt check: cannot open the database (%s); reading through the "
-                        "queue from now on", type(exc).__name__)  # fmt: skip
-            self._fast = False
-            return None
-        self._conn = conn
-        self._closer = weakref.finalize(self, conn.close)
-        return conn
+
+def _read_attempt(job_id: str) -> Callable[[sqlite3.Connection], list[Any]]:
+    return lambda conn: conn.execute(_ATTEMPT_QUERY, (job_id,)).fetchall()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.applications import Starlette
@@ -25,6 +26,7 @@ from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
+from starlette.types import Receive, Scope, Send
 
 from cronium_core.errors import (
     Conflict,
@@ -61,16 +63,16 @@ def create_app(
     api = _Handlers(service, max_body, metrics)
     # the router tries the routes in order (a regex match each): the scripts' calls first
     routes: list[BaseRoute] = [
-        Route("/executions/{id}/variables/{key}", api.variable, methods=["GET", "PUT"]),
-        Route("/executions/{id}/input", api.get_input, methods=["GET"]),
-        Route("/executions/{id}/output", api.set_output, methods=["POST"]),
-        Route("/executions/{id}/condition", api.get_condition, methods=["GET"]),
-        Route("/executions/{id}/condition", api.set_condition, methods=["POST"]),
-        Route("/executions/{id}/context", api.context, methods=["GET"]),
-        Route("/tool-actions/execute", api.execute_tool_action, methods=["POST"]),
-        Route("/health", _health, methods=["GET"]),
-        Route("/metrics", api.metrics, methods=["GET"]),
-        Route("/openapi.json", _openapi, methods=["GET"]),
+        Route("/executions/{id}/variables/{key}", _Endpoint(api.variable), methods=["GET", "PUT"]),
+        Route("/executions/{id}/input", _Endpoint(api.get_input), methods=["GET"]),
+        Route("/executions/{id}/output", _Endpoint(api.set_output), methods=["POST"]),
+        Route("/executions/{id}/condition", _Endpoint(api.get_condition), methods=["GET"]),
+        Route("/executions/{id}/condition", _Endpoint(api.set_condition), methods=["POST"]),
+        Route("/executions/{id}/context", _Endpoint(api.context), methods=["GET"]),
+        Route("/tool-actions/execute", _Endpoint(api.execute_tool_action), methods=["POST"]),
+        Route("/health", _Endpoint(_health), methods=["GET"]),
+        Route("/metrics", _Endpoint(api.metrics), methods=["GET"]),
+        Route("/openapi.json", _Endpoint(_openapi), methods=["GET"]),
     ]
     app = Starlette(
         routes=routes,
@@ -84,6 +86,20 @@ def create_app(
     app.state.runtime = service
     app.state.metrics = metrics
     return app
+
+
+class _Endpoint:
+    """A ``handler(request) -> response`` as a plain ASGI app. Starlette would wrap a function
+    endpoint in a second layer of exception handling per request; the app's own
+    (``ExceptionMiddleware``, with this app's handlers) catches whatever a handler raises just
+    as well, and the whole API answers before it sends anything, so nothing is lost."""
+
+    def __init__(self, handler: Callable[[Request], Awaitable[Response]]) -> None:
+        self.handler = handler
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = await self.handler(Request(scope, receive))
+        await response(scope, receive, send)
 
 
 # -- responses -----------------------------------------------------------------------
