@@ -36,10 +36,13 @@ Workloads (every client sends the same kind of request):
   variables (the repeated-read workload of the cache hit rate);
 - ``set_variable``: ``PUT /executions/{id}/variables/w{client}`` with a small JSON value.
 
-Two modes: *closed loop* (each client sends its next request as soon as the last one is
+Three modes: *closed loop* (each client sends its next request as soon as the last one is
 answered: latency under saturation, and the throughput; with 50 clients, latency is about
-50 / throughput by Little's law) and *paced* (each client sends at a fixed rate, ``--rate``
-requests/s in all, spread evenly: the latency of a server that is not saturated). Latency is
+50 / throughput by Little's law), *paced* (each client sends at a fixed rate, ``--rate``
+requests/s in all, spread evenly: the latency of a server that is not saturated) and *limit*
+(paced, every client at the rate the production limit lets an execution keep up,
+:data:`LIMIT_RATE` = 50 requests/s: 2,500/s in all, the most 50 running scripts can ask of a
+production server; a closed loop asks 5-10 times that, which it would refuse). Latency is
 measured from sending a request to having read its answer. Every client warms up (``--warmup``
 requests) before the clock starts for any of them. In paced mode the JSON also records how late
 the client sent its requests (``late_p99_ms``): a client falling behind its schedule would hide
@@ -90,6 +93,9 @@ from bench._common import (
 )
 
 CLIENTS = 50
+#: requests/s per execution that the production rate limit lets through for good
+#: (``RateLimiter.rate``; the server's limiter is raised out of the way, see serve_both)
+LIMIT_RATE = 50.0
 KEYS = [f"key{n:02d}" for n in range(20)]
 OWNER = "bench"
 WORKLOADS = ("bare", "health", "input", "get_variable", "set_variable")
@@ -405,7 +411,12 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="the jobs belong to the server process's own worker (as in `cronium serve`)",
     )
-    parser.add_argument("--modes", default="closed,paced", help="closed, paced or both")
+    parser.add_argument(
+        "--limit-requests", type=int, default=250, help="per client, paced at the rate limit"
+    )
+    parser.add_argument(
+        "--modes", default="closed,paced,limit", help="closed, paced, limit: any of them"
+    )
     parser.add_argument(
         "--repeat",
         type=int,
@@ -415,7 +426,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workloads", default=",".join(WORKLOADS), help="bare is always run")
     args = parser.parse_args(argv)
     if args.quick:
-        args.requests, args.paced_requests, args.warmup = 30, 10, 5
+        args.requests, args.paced_requests, args.limit_requests, args.warmup = 30, 10, 20, 5
     cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
     pin = not args.no_pin and len(cpus) >= 2
     server_cpu, client_cpu = (cpus[0], cpus[1]) if pin else (None, None)
@@ -450,13 +461,16 @@ def main(argv: list[str] | None = None) -> None:
             client.start()
 
             def run(kind: str, mode: str) -> dict[str, Any]:
-                n = args.requests if mode == "closed" else args.paced_requests
+                n = {"closed": args.requests, "paced": args.paced_requests}.get(
+                    mode, args.limit_requests
+                )
                 spec = {
                     "kind": kind,
-                    "mode": mode,
+                    # "limit" is paced, every client at the production rate limit
+                    "mode": "closed" if mode == "closed" else "paced",
                     "requests": n,
                     "warmup": args.warmup,
-                    "rate": args.rate,
+                    "rate": args.clients * LIMIT_RATE if mode == "limit" else args.rate,
                 }
                 pids = {"server": server.pid, "client": client.pid}
                 before = {side: cpu_seconds(pid) for side, pid in pids.items()}
@@ -552,7 +566,8 @@ def report(
     print(describe_machine(info))
     print(
         f"{args.clients} clients; closed loop: {args.requests} requests per client; paced: "
-        f"{args.paced_requests} per client at {args.rate:g}/s in all; "
+        f"{args.paced_requests} per client at {args.rate:g}/s in all; at the rate limit: "
+        f"{args.limit_requests} per client at {LIMIT_RATE:g}/s each; "
         f"{'server on CPU 0, clients on CPU 1' if pin else 'not pinned'}"
         + (f"; median of {args.repeat} rounds" if args.repeat > 1 else "")
     )
