@@ -26,7 +26,7 @@ import pytest
 import sqlalchemy as sa
 from anyio.lowlevel import checkpoint as a_turn
 
-from cronium_core import FakeClock, schema
+from cronium_core import FakeClock, datastore, schema
 from cronium_core.crypto import Cipher, DecryptionFailed, generate_key
 from cronium_core.datastore import DataStore, NotInPlace, WriteBusy, new_id
 from cronium_core.errors import ValidationError
@@ -345,6 +345,31 @@ async def test_reads_in_place_read_what_sqlalchemy_reads(
         # and the fallback serves reads too
         fresh = VariableStore(store, cipher)
         assert (await fresh.get("alice", "nested")).value == WRITTEN[3][1]
+
+
+async def test_in_place_writes_keep_the_wal_bounded(
+    sqlite_url: str, cipher: Cipher, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite: the in-place writer never checkpoints on the loop; a thread of the store's
+    does, and past the limit the next write truncates the WAL, so a stream of variable writes
+    (and nothing else committing) does not grow it without end."""
+    monkeypatch.setattr(datastore, "CHECKPOINT_EVERY", 20)
+    monkeypatch.setattr(datastore, "WAL_LIMIT", 256 * 1024)
+    async with AsyncExitStack() as stack:
+        store = DataStore(url=sqlite_url)
+        await store.start(stack, upgrade=True)
+        variables = VariableStore(store, cipher)
+        assert store.sqlite_path is not None
+        wal = store.sqlite_path + "-wal"
+        largest = 0
+        for n in range(1500):  # one at a time: 1,500 commits of a few pages each
+            await variables.set("alice", f"k{n % 40}", {"n": n, "pad": "x" * 200})
+            largest = max(largest, os.stat(wal).st_size)
+        assert store._checkpointer is not None and store._checkpointer.runs > 0
+        # unchecked, 1,500 commits make several MB of WAL; bounded, the limit and the
+        # commits between two checks (20 of a few pages each) at most
+        assert largest < 256 * 1024 + 20 * 5 * 4096
+        assert (await VariableStore(store, cipher).get("alice", "k19")).value["n"] == 1499
 
 
 async def test_a_busy_database_does_not_hold_up_the_event_loop(

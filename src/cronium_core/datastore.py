@@ -16,8 +16,11 @@ one statement (no ``BEGIN``/``COMMIT`` round trips). The job queue's hot paths u
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sqlite3
+import sys
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -53,6 +56,13 @@ POOL_RECYCLE_SECONDS = 1800
 #: not pinged at all: SQLAlchemy's pre-ping on every checkout cost three round trips
 #: (BEGIN, an empty statement, ROLLBACK), as much as the statement it guarded.
 IDLE_PING_SECONDS = 10.0
+#: in-place commits (:meth:`DataStore.transact_in_place`) between two passive checkpoints of
+#: the WAL in a thread (a few pages each: the WAL stays around a couple of MB)
+CHECKPOINT_EVERY = 200
+#: bytes of WAL over which the checkpointer starts it over (holding writers off meanwhile)
+WAL_LIMIT = 16 * 1024 * 1024
+
+log = logging.getLogger("cronium.store")
 
 
 def new_id() -> str:
@@ -133,6 +143,10 @@ class DataStore:
     #: :meth:`read_in_place`
     _in_place: sqlite3.Connection | None = attrs.field(init=False, default=None)
     _reader: sqlite3.Connection | None = attrs.field(init=False, default=None)
+    _checkpointer: _Checkpointer | None = attrs.field(init=False, default=None)
+    _in_place_commits: int = attrs.field(init=False, default=0)
+    #: the WAL has grown over WAL_LIMIT: the next in-place write truncates it first
+    _truncate_due: bool = attrs.field(init=False, default=False)
 
     def __attrs_post_init__(self) -> None:
         self.url = normalize_url(self.url)
@@ -186,6 +200,7 @@ class DataStore:
         exit_stack.push_async_callback(self.engine.dispose)
         exit_stack.callback(self._close_in_place)
         exit_stack.callback(self._close_reader)
+        exit_stack.callback(self._stop_checkpointer)
         if self._sync_engine is not None:
             exit_stack.callback(self._sync_engine.dispose)
         if upgrade:
@@ -233,14 +248,19 @@ class DataStore:
         (or this store is not a SQLite file): the caller then uses :meth:`transact`, which
         waits in a thread. An error in ``fn`` rolls back and propagates; a ``sqlite3`` error
         also closes the connection (opened again next time). The connection never runs a
-        checkpoint (``wal_autocheckpoint=0``), which could take milliseconds of the loop: the
-        store's other connections checkpoint when they commit.
+        checkpoint (``wal_autocheckpoint=0``), which could take milliseconds of the loop: every
+        :data:`CHECKPOINT_EVERY` commits, a thread of the store's runs a passive one.
 
         The transaction runs without a pause, so while this process's writer lock is free it
         need not be taken (taking it costs a turn of the event loop); while it is held, the
         transaction waits for it like any other write of this process."""
-        if self._write_lock.locked():
+        if self._write_lock.locked() or self._truncate_due:
             async with self._write_lock:
+                if self._truncate_due:
+                    self._truncate_due = False
+                    # like SQLite's own automatic checkpoint, with this write waiting for it
+                    # (and the ones after it, for the lock), but in a thread
+                    await anyio.to_thread.run_sync(self._truncate_wal)
                 return self._transact_now(fn)
         return self._transact_now(fn)
 
@@ -259,7 +279,35 @@ class DataStore:
             if isinstance(exc, sqlite3.Error):
                 self._close_in_place()
             raise
+        self._in_place_commits += 1
+        if self._in_place_commits >= CHECKPOINT_EVERY:
+            self._in_place_commits = 0
+            path = self.sqlite_path
+            assert path is not None
+            if self._checkpointer is None:
+                self._checkpointer = _Checkpointer(path)
+            self._checkpointer.ask()
+            self._truncate_due = _size(path + "-wal") > WAL_LIMIT
         return result
+
+    def _truncate_wal(self) -> None:
+        """Copy what is left of the WAL and truncate it (the in-place connection is idle: the
+        writer lock is held)."""
+        conn = self._in_place
+        if conn is None:
+            return
+        try:
+            busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        except sqlite3.Error as exc:
+            log.debug("WAL truncation: %s", exc)
+            return
+        if busy:  # another process reads or writes: next time
+            log.debug("WAL truncation: the database is busy; trying again later")
+
+    def _stop_checkpointer(self) -> None:
+        checkpointer, self._checkpointer = self._checkpointer, None
+        if checkpointer is not None:
+            checkpointer.stop()
 
     def _open_in_place(self) -> sqlite3.Connection:
         path = self.sqlite_path
@@ -498,6 +546,79 @@ class DataStore:
                 )
             ).scalars()
             return [workflow_from_dict(d) for d in rows]
+
+
+class _Checkpointer:
+    """Passive checkpoints of a SQLite file's WAL, in a thread of their own at the lowest
+    priority, for the in-place writer, whose connection never checkpoints on its own (that
+    could hold the event loop for milliseconds): with no other connection committing (a
+    runtime API serving only variable writes) the WAL would otherwise grow without end.
+
+    A passive checkpoint copies what it can without holding anyone up, and SQLite releases the
+    GIL meanwhile; on a busy core the thread takes no time the event loop wants. That alone
+    does not bound the file: under a steady stream of writes the WAL is never all copied at the
+    moment a writer begins, so SQLite never starts it over. Past :data:`WAL_LIMIT` the next
+    in-place write truncates it first (:meth:`DataStore.transact_in_place`), which has little
+    left to copy by then."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.runs = 0
+        self._wanted = threading.Event()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="cronium-checkpoint", daemon=True)
+        self._thread.start()
+
+    def ask(self) -> None:
+        """A checkpoint soon (asks made while one runs count as one)."""
+        self._wanted.set()
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._wanted.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        _lowest_priority()
+        conn: sqlite3.Connection | None = None
+        try:
+            while True:
+                self._wanted.wait()
+                self._wanted.clear()
+                if self._stopping:
+                    return
+                try:
+                    if conn is None:
+                        conn = sqlite3.connect(self.path, timeout=0, isolation_level=None,
+                                               check_same_thread=False)  # fmt: skip
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                    self.runs += 1
+                except sqlite3.Error as exc:
+                    log.debug("WAL checkpoint: %s", exc)
+                    if conn is not None:
+                        conn.close()
+                    conn = None
+        finally:
+            if conn is not None:
+                conn.close()
+
+
+def _lowest_priority() -> None:
+    """Linux: the calling thread runs only when the others of its CPU leave it time (nice 19).
+    Housekeeping must not take a core from the event loop while the loop has work."""
+    if sys.platform != "linux":
+        return
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+    except OSError as exc:
+        log.debug("cannot lower the checkpointer's priority: %s", exc)
+
+
+def _size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
 
 
 class NotInPlace(Exception):
