@@ -19,7 +19,6 @@ import contextlib
 import logging
 import os
 import sqlite3
-import sys
 import threading
 import time
 import uuid
@@ -59,8 +58,10 @@ IDLE_PING_SECONDS = 10.0
 #: in-place commits (:meth:`DataStore.transact_in_place`) between two passive checkpoints of
 #: the WAL in a thread (a few pages each: the WAL stays around a couple of MB)
 CHECKPOINT_EVERY = 200
-#: bytes of WAL over which the checkpointer starts it over (holding writers off meanwhile)
+#: bytes of WAL over which the next in-place write truncates it first (holding writers off)
 WAL_LIMIT = 16 * 1024 * 1024
+#: milliseconds a truncation waits for readers and the passive checkpoint to finish
+TRUNCATE_WAIT_MS = 2000
 
 log = logging.getLogger("cronium.store")
 
@@ -297,7 +298,14 @@ class DataStore:
         if conn is None:
             return
         try:
-            busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            # this runs in a thread: it may wait a little (for the store's own passive
+            # checkpoint, or a reader of another connection, to finish)
+            conn.execute(f"PRAGMA busy_timeout = {TRUNCATE_WAIT_MS}")
+            try:
+                with self._checkpointer.lock if self._checkpointer else contextlib.nullcontext():
+                    busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            finally:
+                conn.execute("PRAGMA busy_timeout = 0")
         except sqlite3.Error as exc:
             log.debug("WAL truncation: %s", exc)
             return
@@ -549,13 +557,14 @@ class DataStore:
 
 
 class _Checkpointer:
-    """Passive checkpoints of a SQLite file's WAL, in a thread of their own at the lowest
-    priority, for the in-place writer, whose connection never checkpoints on its own (that
-    could hold the event loop for milliseconds): with no other connection committing (a
-    runtime API serving only variable writes) the WAL would otherwise grow without end.
+    """Passive checkpoints of a SQLite file's WAL, in a thread of their own, for the in-place
+    writer, whose connection never checkpoints on its own (that could hold the event loop for
+    milliseconds): with no other connection committing (a runtime API serving only variable
+    writes) the WAL would otherwise grow without end.
 
     A passive checkpoint copies what it can without holding anyone up, and SQLite releases the
-    GIL meanwhile; on a busy core the thread takes no time the event loop wants. That alone
+    GIL meanwhile. (Not at a lower priority: a starved checkpoint holds SQLite's checkpoint
+    lock, and the truncation below, which holds the writers off, would wait for it.) That alone
     does not bound the file: under a steady stream of writes the WAL is never all copied at the
     moment a writer begins, so SQLite never starts it over. Past :data:`WAL_LIMIT` the next
     in-place write truncates it first (:meth:`DataStore.transact_in_place`), which has little
@@ -564,6 +573,9 @@ class _Checkpointer:
     def __init__(self, path: str) -> None:
         self.path = path
         self.runs = 0
+        #: held while a checkpoint runs: SQLite lets one run at a time, and answers a second
+        #: one "busy" at once instead of waiting (DataStore._truncate_wal waits on this)
+        self.lock = threading.Lock()
         self._wanted = threading.Event()
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="cronium-checkpoint", daemon=True)
@@ -579,7 +591,6 @@ class _Checkpointer:
         self._thread.join(timeout=10)
 
     def _run(self) -> None:
-        _lowest_priority()
         conn: sqlite3.Connection | None = None
         try:
             while True:
@@ -591,7 +602,8 @@ class _Checkpointer:
                     if conn is None:
                         conn = sqlite3.connect(self.path, timeout=0, isolation_level=None,
                                                check_same_thread=False)  # fmt: skip
-                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                    with self.lock:
+                        conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
                     self.runs += 1
                 except sqlite3.Error as exc:
                     log.debug("WAL checkpoint: %s", exc)
@@ -601,17 +613,6 @@ class _Checkpointer:
         finally:
             if conn is not None:
                 conn.close()
-
-
-def _lowest_priority() -> None:
-    """Linux: the calling thread runs only when the others of its CPU leave it time (nice 19).
-    Housekeeping must not take a core from the event loop while the loop has work."""
-    if sys.platform != "linux":
-        return
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
-    except OSError as exc:
-        log.debug("cannot lower the checkpointer's priority: %s", exc)
 
 
 def _size(path: str) -> int:
