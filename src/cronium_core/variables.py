@@ -16,16 +16,15 @@ through this process empties for its key once the write has committed.
 
 Writes are committed in groups: the first writer to find no group under way leads; it lets
 the event loop turn once, so that the writes arriving meanwhile join it, and commits them all
-in one transaction (one read of the rows, one insert and one update statement for the lot; on SQLite
-in place on a plain ``sqlite3`` connection when the database is free for writing, else in one
-trip to a thread, see ``DataStore.transact_in_place``). The writers of a group wait on one
-event, set once the group is answered; a write left for a later group (over
+in one transaction (one read of the rows, one insert and one update statement for the lot;
+on SQLite in place on a plain ``sqlite3`` connection when the database is free for writing,
+else in one trip to a thread, see ``DataStore.transact_in_place``). The writers of a group
+wait on one event, set once the group is answered; a write left for a later group (over
 :data:`MAX_WRITE_GROUP`, or arrived during the commit) is led by one of its writers once the
-leader is done. Each write still gets its own
-answer: written, or refused for its own reason (a secret too short) without the others being
-refused. A group that fails as a whole is retried one write per transaction, so that each
-caller sees its own error. A caller returns only once its write has committed and the caches
-have forgotten the old value.
+leader is done. Each write still gets its own answer: written, or refused for its own reason
+(a secret too short) without the others being refused. A group that fails as a whole is
+retried one write per transaction, so that each caller sees its own error. A caller returns
+only once its write has committed and the caches have forgotten the old value.
 """
 
 from __future__ import annotations
