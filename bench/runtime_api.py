@@ -41,7 +41,7 @@ answered: latency under saturation, and the throughput; with 50 clients, latency
 50 / throughput by Little's law), *paced* (each client sends at a fixed rate, ``--rate``
 requests/s in all, spread evenly: the latency of a server that is not saturated) and *limit*
 (paced, every client at the rate the production limit lets an execution keep up,
-:data:`LIMIT_RATE` = 50 requests/s: 2,500/s in all, the most 50 running scripts can ask of a
+``RateLimiter.rate``, 50 requests/s: 2,500/s in all, the most 50 running scripts can ask of a
 production server; a closed loop asks 5-10 times that, which it would refuse). Latency is
 measured from sending a request to having read its answer. Every client warms up (``--warmup``
 requests) before the clock starts for any of them. In paced mode the JSON also records how late
@@ -93,9 +93,6 @@ from bench._common import (
 )
 
 CLIENTS = 50
-#: requests/s per execution that the production rate limit lets through for good
-#: (``RateLimiter.rate``; the server's limiter is raised out of the way, see serve_both)
-LIMIT_RATE = 50.0
 KEYS = [f"key{n:02d}" for n in range(20)]
 OWNER = "bench"
 WORKLOADS = ("bare", "health", "input", "get_variable", "set_variable")
@@ -425,6 +422,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--workloads", default=",".join(WORKLOADS), help="bare is always run")
     args = parser.parse_args(argv)
+    # the rate the production limit lets an execution keep up (the server's own limiter is
+    # raised out of the way, see serve_both)
+    from cronium_core.runtime import RateLimiter
+
+    args.limit_rate = RateLimiter().rate
     if args.quick:
         args.requests, args.paced_requests, args.limit_requests, args.warmup = 30, 10, 20, 5
     cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
@@ -470,7 +472,7 @@ def main(argv: list[str] | None = None) -> None:
                     "mode": "closed" if mode == "closed" else "paced",
                     "requests": n,
                     "warmup": args.warmup,
-                    "rate": args.clients * LIMIT_RATE if mode == "limit" else args.rate,
+                    "rate": args.clients * args.limit_rate if mode == "limit" else args.rate,
                 }
                 pids = {"server": server.pid, "client": client.pid}
                 before = {side: cpu_seconds(pid) for side, pid in pids.items()}
@@ -567,7 +569,7 @@ def report(
     print(
         f"{args.clients} clients; closed loop: {args.requests} requests per client; paced: "
         f"{args.paced_requests} per client at {args.rate:g}/s in all; at the rate limit: "
-        f"{args.limit_requests} per client at {LIMIT_RATE:g}/s each; "
+        f"{args.limit_requests} per client at {args.limit_rate:g}/s each; "
         f"{'server on CPU 0, clients on CPU 1' if pin else 'not pinned'}"
         + (f"; median of {args.repeat} rounds" if args.repeat > 1 else "")
     )
