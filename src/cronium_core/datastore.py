@@ -250,7 +250,8 @@ class DataStore:
         waits in a thread. An error in ``fn`` rolls back and propagates; a ``sqlite3`` error
         also closes the connection (opened again next time). The connection never runs a
         checkpoint (``wal_autocheckpoint=0``), which could take milliseconds of the loop: every
-        :data:`CHECKPOINT_EVERY` commits, a thread of the store's runs a passive one.
+        :data:`CHECKPOINT_EVERY` commits, a thread of the store's runs a passive one, and once
+        the WAL is over :data:`WAL_LIMIT` the next call truncates it first, in a thread.
 
         The transaction runs without a pause, so while this process's writer lock is free it
         need not be taken (taking it costs a turn of the event loop); while it is held, the
