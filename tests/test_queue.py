@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from datetime import timedelta
@@ -17,6 +18,7 @@ from cronium_core import (
     RetryPolicy,
     Script,
     Stream,
+    SystemClock,
     Trigger,
     datastore,
 )
@@ -568,3 +570,98 @@ async def test_claim_reads_its_index_in_order(pg_url: str) -> None:
             assert await driver.fetchval("SHOW enable_bitmapscan") == "off"
             plan = "\n".join(r[0] for r in await driver.fetch("EXPLAIN " + statement, *params))
         assert "Index Scan using ix_jobs_claim" in plan and "Bitmap" not in plan, plan
+
+
+@pytest.mark.parametrize("authoritative", [True, False], ids=["fake-clock", "database-clock"])
+async def test_a_heartbeat_in_place_writes_what_one_in_a_thread_writes(
+    sqlite_url: str, authoritative: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite: a heartbeat runs on the event loop (no thread) when the database is free, and
+    stores the same columns in the same form as one run the usual way, in a thread."""
+    clock = FakeClock() if authoritative else SystemClock()
+    async with AsyncExitStack() as stack:
+        store = DataStore(url=sqlite_url, clock=clock)
+        await store.start(stack, upgrade=True)
+        queue = JobQueue(store=store, lease_seconds=30)
+        ev = await add(store)
+        for _ in range(3):
+            await queue.enqueue(ev)
+        here, there, over = await queue.claim("w", 3)
+        await queue.finish(over.id, over.lease_id or "", status=JobStatus.SUCCEEDED)
+        await queue.request_cancel(there.id)
+
+        hops: list[object] = []
+        run_sync = anyio.to_thread.run_sync
+
+        async def counting(fn: object, *args: object, **kw: object) -> object:
+            hops.append(fn)
+            return await run_sync(fn, *args, **kw)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(anyio.to_thread, "run_sync", counting)
+        beat = await queue.heartbeat(here.id, here.lease_id or "")
+        assert beat.alive and not beat.cancel_requested
+        gone = await queue.heartbeat(over.id, over.lease_id or "")
+        assert not gone.alive and gone.cancel_requested
+        assert hops == []  # both answered in place
+
+        async def refuse(*_: object) -> None:
+            raise datastore.WriteBusy("another process writes")
+
+        monkeypatch.setattr(DataStore, "execute_in_place", refuse)
+        beat = await queue.heartbeat(there.id, there.lease_id or "")
+        assert beat.alive and beat.cancel_requested  # the usual way, in a thread
+        assert hops
+
+        assert store.sqlite_path is not None
+        raw = sqlite3.connect(store.sqlite_path)
+        rows = dict(
+            raw.execute(
+                "SELECT id, heartbeat_at || '|' || lease_expires FROM jobs WHERE id IN (?, ?)",
+                (here.id, there.id),
+            ).fetchall()
+        )
+        raw.close()
+        in_place, in_thread = (rows[here.id].split("|"), rows[there.id].split("|"))
+        # the same text form (SQLAlchemy's on SQLite), column by column
+        assert [len(v) for v in in_place] == [len(v) for v in in_thread]
+        a, b = await queue.get(here.id), await queue.get(there.id)
+        assert a.heartbeat_at is not None and b.heartbeat_at is not None
+        assert a.lease_expires is not None and b.lease_expires is not None
+        if authoritative:
+            assert a.heartbeat_at == b.heartbeat_at == clock.now()
+            assert a.lease_expires == b.lease_expires == clock.now() + timedelta(seconds=30)
+        else:
+            assert abs(a.lease_expires - b.lease_expires) < timedelta(seconds=5)
+            assert a.lease_expires - a.heartbeat_at == pytest.approx(
+                timedelta(seconds=30), abs=timedelta(seconds=5)
+            )
+
+
+async def test_a_heartbeat_waits_for_a_busy_database_in_a_thread(sqlite_url: str) -> None:
+    """SQLite: while another process holds the write lock, a heartbeat does not hold up the
+    event loop: it waits the usual way and goes through once the lock is free."""
+    async with AsyncExitStack() as stack:
+        store = DataStore(url=sqlite_url)
+        await store.start(stack, upgrade=True)
+        queue = JobQueue(store=store, lease_seconds=30)
+        await queue.enqueue(await add(store))
+        [job] = await queue.claim("w")
+        assert store.sqlite_path is not None
+        other = sqlite3.connect(store.sqlite_path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        beats: list[bool] = []
+        ticks = 0
+
+        async def beat() -> None:
+            beats.append((await queue.heartbeat(job.id, job.lease_id or "")).alive)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(beat)
+            with anyio.move_on_after(0.3):
+                while True:
+                    await anyio.sleep(0.01)
+                    ticks += 1
+            assert beats == [] and ticks >= 10  # the loop ran on while the heartbeat waited
+            other.execute("COMMIT")
+        other.close()
+        assert beats == [True]

@@ -34,6 +34,7 @@ from sqlalchemy import event as sa_event
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.util import greenlet_spawn
 
 from . import schema
@@ -58,10 +59,13 @@ IDLE_PING_SECONDS = 10.0
 #: in-place commits (:meth:`DataStore.transact_in_place`) between two passive checkpoints of
 #: the WAL in a thread (a few pages each: the WAL stays around a couple of MB)
 CHECKPOINT_EVERY = 200
-#: bytes of WAL over which the next in-place write truncates it first (holding writers off)
-WAL_LIMIT = 16 * 1024 * 1024
-#: milliseconds a truncation waits for readers and the passive checkpoint to finish
-TRUNCATE_WAIT_MS = 2000
+#: bytes of WAL past which the next in-place write has it started over first (holding the
+#: writers off for a few ms): the file's size stays about this
+WAL_LIMIT = 64 * 1024 * 1024
+#: milliseconds a restart of the WAL waits for readers and the passive checkpoint to finish
+RESTART_WAIT_MS = 2000
+#: bytes before each page in a WAL file
+WAL_FRAME_HEADER = 24
 
 log = logging.getLogger("cronium.store")
 
@@ -147,7 +151,9 @@ class DataStore:
     _checkpointer: _Checkpointer | None = attrs.field(init=False, default=None)
     _in_place_commits: int = attrs.field(init=False, default=0)
     #: the WAL has grown over WAL_LIMIT: the next in-place write truncates it first
-    _truncate_due: bool = attrs.field(init=False, default=False)
+    _restart_due: bool = attrs.field(init=False, default=False)
+    #: statements of :meth:`execute_in_place`, compiled for SQLite once
+    _compiled: dict[Any, _Compiled] = attrs.field(init=False, factory=dict)
 
     def __attrs_post_init__(self) -> None:
         self.url = normalize_url(self.url)
@@ -251,20 +257,46 @@ class DataStore:
         also closes the connection (opened again next time). The connection never runs a
         checkpoint (``wal_autocheckpoint=0``), which could take milliseconds of the loop: every
         :data:`CHECKPOINT_EVERY` commits, a thread of the store's runs a passive one, and once
-        the WAL is over :data:`WAL_LIMIT` the next call truncates it first, in a thread.
+        the WAL is over :data:`WAL_LIMIT` the next call has it started over first, in a
+        thread.
 
         The transaction runs without a pause, so while this process's writer lock is free it
         need not be taken (taking it costs a turn of the event loop); while it is held, the
         transaction waits for it like any other write of this process."""
-        if self._write_lock.locked() or self._truncate_due:
+        if self._write_lock.locked() or self._restart_due:
             async with self._write_lock:
-                if self._truncate_due:
-                    self._truncate_due = False
+                if self._restart_due:
+                    self._restart_due = False
                     # like SQLite's own automatic checkpoint, with this write waiting for it
                     # (and the ones after it, for the lock), but in a thread
-                    await anyio.to_thread.run_sync(self._truncate_wal)
+                    await anyio.to_thread.run_sync(self._restart_wal)
                 return self._transact_now(fn)
         return self._transact_now(fn)
+
+    async def execute_in_place(
+        self, statement: sa.ClauseElement, params: dict[str, Any]
+    ) -> list[tuple[Any, ...]]:
+        """:meth:`transact_in_place` for one short keyed write given as a SQLAlchemy statement
+        (bound as SQLAlchemy binds it on SQLite, compiled once per statement object): the rows
+        it returns, as the driver gives them (no result processing). Raises
+        :class:`NotInPlace` (:class:`WriteBusy`) when it cannot run here and now, and when
+        SQLite fails: the caller then runs it the usual way, which reports any real error.
+
+        The job queue's heartbeats use it: done in a thread, each one held the writer lock for
+        a millisecond or more under load (the thread waiting for the GIL), and every in-place
+        write of the process waited behind it."""
+        compiled = self._compiled.get(statement)
+        if compiled is None:
+            if self._sync_engine is None:
+                raise NotInPlace("not a SQLite file")
+            compiled = self._compiled[statement] = _Compiled.of(statement, self._sync_engine)
+        values = compiled.values(params)
+        try:
+            return await self.transact_in_place(
+                lambda conn: conn.execute(compiled.sql, values).fetchall()
+            )
+        except sqlite3.Error as exc:
+            raise NotInPlace(f"{type(exc).__name__}: {exc}") from None
 
     def _transact_now(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         conn = self._in_place if self._in_place is not None else self._open_in_place()
@@ -287,31 +319,37 @@ class DataStore:
             path = self.sqlite_path
             assert path is not None
             if self._checkpointer is None:
-                self._checkpointer = _Checkpointer(path)
+                self._checkpointer = _Checkpointer(path, self._wal_oversized)
             self._checkpointer.ask()
-            self._truncate_due = _size(path + "-wal") > WAL_LIMIT
         return result
 
-    def _truncate_wal(self) -> None:
-        """Copy what is left of the WAL and truncate it (the in-place connection is idle: the
-        writer lock is held)."""
+    def _wal_oversized(self) -> None:
+        # called by the checkpointer's thread once its checkpoint is done: the restart then
+        # has only the frames committed since to copy, and no checkpoint to wait for
+        self._restart_due = True
+
+    def _restart_wal(self) -> None:
+        """Copy what is left of the WAL and have the next write start it over from its first
+        frame (the in-place connection is idle: the writer lock is held). Not truncated: the
+        file keeps its size, and freeing its blocks (tens of ms for 64 MiB) would hold the
+        writers off for longer."""
         conn = self._in_place
         if conn is None:
             return
         try:
             # this runs in a thread: it may wait a little (for the store's own passive
             # checkpoint, or a reader of another connection, to finish)
-            conn.execute(f"PRAGMA busy_timeout = {TRUNCATE_WAIT_MS}")
+            conn.execute(f"PRAGMA busy_timeout = {RESTART_WAIT_MS}")
             try:
                 with self._checkpointer.lock if self._checkpointer else contextlib.nullcontext():
-                    busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+                    busy, _, _ = conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
             finally:
                 conn.execute("PRAGMA busy_timeout = 0")
         except sqlite3.Error as exc:
-            log.debug("WAL truncation: %s", exc)
+            log.debug("WAL restart: %s", exc)
             return
         if busy:  # another process reads or writes: next time
-            log.debug("WAL truncation: the database is busy; trying again later")
+            log.debug("WAL restart: the database is busy; trying again later")
 
     def _stop_checkpointer(self) -> None:
         checkpointer, self._checkpointer = self._checkpointer, None
@@ -557,6 +595,30 @@ class DataStore:
             return [workflow_from_dict(d) for d in rows]
 
 
+@attrs.frozen
+class _Compiled:
+    """A statement compiled for SQLite: its SQL, and per positional parameter its name and
+    the bind processor of its type."""
+
+    sql: str
+    compiled: SQLCompiler
+    binds: tuple[tuple[str, Callable[[Any], Any] | None], ...]
+
+    @classmethod
+    def of(cls, statement: sa.ClauseElement, sync_engine: sa.Engine) -> _Compiled:
+        dialect = sync_engine.dialect
+        compiled = statement.compile(dialect=dialect)
+        assert isinstance(compiled, SQLCompiler)
+        names = compiled.positiontup or ()
+        binds = tuple((n, compiled.binds[n].type.bind_processor(dialect)) for n in names)
+        return cls(compiled.string, compiled, binds)
+
+    def values(self, params: dict[str, Any]) -> tuple[Any, ...]:
+        given = self.compiled.construct_params(params)
+        assert given is not None
+        return tuple(given[n] if p is None else p(given[n]) for n, p in self.binds)
+
+
 class _Checkpointer:
     """Passive checkpoints of a SQLite file's WAL, in a thread of their own, for the in-place
     writer, whose connection never checkpoints on its own (that could hold the event loop for
@@ -565,17 +627,22 @@ class _Checkpointer:
 
     A passive checkpoint copies what it can without holding anyone up, and SQLite releases the
     GIL meanwhile. (Not at a lower priority: a starved checkpoint holds SQLite's checkpoint
-    lock, and the truncation below, which holds the writers off, would wait for it.) That alone
+    lock, and the restart below, which holds the writers off, would wait for it.) That alone
     does not bound the file: under a steady stream of writes the WAL is never all copied at the
-    moment a writer begins, so SQLite never starts it over. Past :data:`WAL_LIMIT` the next
-    in-place write truncates it first (:meth:`DataStore.transact_in_place`), which has little
-    left to copy by then."""
+    moment a writer begins, so SQLite never starts it over. When a checkpoint leaves more than
+    :data:`WAL_LIMIT` of frames in it, the next in-place write has it started over first
+    (:meth:`DataStore.transact_in_place`), with only the frames committed since to copy and no
+    checkpoint to wait for: the writers are held off for two ``fsync`` calls, not for a whole
+    passive checkpoint besides."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, oversized: Callable[[], None]) -> None:
         self.path = path
+        #: called (in the thread) after a checkpoint that left over :data:`WAL_LIMIT` of
+        #: frames in the WAL
+        self.oversized = oversized
         self.runs = 0
         #: held while a checkpoint runs: SQLite lets one run at a time, and answers a second
-        #: one "busy" at once instead of waiting (DataStore._truncate_wal waits on this)
+        #: one "busy" at once instead of waiting (DataStore._restart_wal waits on this)
         self.lock = threading.Lock()
         self._wanted = threading.Event()
         self._stopping = False
@@ -593,6 +660,7 @@ class _Checkpointer:
 
     def _run(self) -> None:
         conn: sqlite3.Connection | None = None
+        frame = 0  # bytes: the page size and the frame's header
         try:
             while True:
                 self._wanted.wait()
@@ -603,9 +671,13 @@ class _Checkpointer:
                     if conn is None:
                         conn = sqlite3.connect(self.path, timeout=0, isolation_level=None,
                                                check_same_thread=False)  # fmt: skip
+                        frame = conn.execute("PRAGMA page_size").fetchone()[0] + WAL_FRAME_HEADER
                     with self.lock:
-                        conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                        _, frames, _ = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
                     self.runs += 1
+                    # the frames in use, not the file's size, which a restart leaves as it is
+                    if frames * frame > WAL_LIMIT:
+                        self.oversized()
                 except sqlite3.Error as exc:
                     log.debug("WAL checkpoint: %s", exc)
                     if conn is not None:
@@ -614,13 +686,6 @@ class _Checkpointer:
         finally:
             if conn is not None:
                 conn.close()
-
-
-def _size(path: str) -> int:
-    try:
-        return os.path.getsize(path)
-    except OSError:
-        return 0
 
 
 class NotInPlace(Exception):

@@ -42,7 +42,7 @@ from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from . import schema
-from .datastore import DataStore, new_id, new_ids
+from .datastore import DataStore, NotInPlace, new_id, new_ids
 from .errors import JobNotFound, ValidationError
 from .events import Event
 from .executors import UNSET
@@ -711,21 +711,29 @@ class JobQueue:
         params = {"p_job_id": job_id, "p_lease_id": lease_id, "p_now": self.clock.now()}
         params.update(self._lease_params())
 
+        statement = self._statement(
+            "heartbeat",
+            lambda: (
+                _fenced_update()
+                .values(heartbeat_at=_NOW(), lease_expires=self._lease_end())
+                .returning(J.c.cancel_requested)
+            ),
+        )
+        if self.store.sqlite_path is not None:
+            try:
+                # on the loop when SQLite is free: in a thread it held the writer lock (and
+                # every in-place write of this process) while the thread waited for the GIL
+                rows = await self.store.execute_in_place(statement, params)
+            except NotInPlace:
+                pass
+            else:
+                return _heartbeat(rows[0][0] if rows else None)
+
         def beat(c: sa.Connection) -> Any:
-            statement = self._statement(
-                "heartbeat",
-                lambda: (
-                    _fenced_update()
-                    .values(heartbeat_at=_NOW(), lease_expires=self._lease_end())
-                    .returning(J.c.cancel_requested)
-                ),
-            )
             return c.execute(statement, params).first()
 
         row = await self._run(beat, one_statement=True)
-        if row is None:
-            return Heartbeat(alive=False, cancel_requested=True)
-        return Heartbeat(alive=True, cancel_requested=bool(row.cancel_requested))
+        return _heartbeat(row.cancel_requested if row is not None else None)
 
     # -- results ------------------------------------------------------------------------
 
@@ -1201,6 +1209,14 @@ class JobQueue:
             )
             for r in rows
         ]
+
+
+def _heartbeat(cancel_requested: Any) -> Heartbeat:
+    """A heartbeat's answer from the ``cancel_requested`` the update returned (``None``: it
+    updated no row, the attempt is over)."""
+    if cancel_requested is None:
+        return Heartbeat(alive=False, cancel_requested=True)
+    return Heartbeat(alive=True, cancel_requested=bool(cancel_requested))
 
 
 def _fenced_update() -> Any:
