@@ -192,3 +192,43 @@ async def test_renewed_lease_extends_the_trust_in_memory(rt: Runtime) -> None:
     # within the margin of the lease's end: no longer trusted
     live.leased_until = time.monotonic() + LEASE_MARGIN / 2
     assert not live.surely_held
+
+
+async def test_the_attempt_row_is_read_again_only_once_something_committed(
+    sqlite_url: str, clock: FakeClock
+) -> None:
+    """SQLite: while nothing is committed, the attempt check answers from the row it read
+    (the reader's ``data_version`` says nothing changed); any commit, by another process or by
+    this one's own writers, has the next call read the row again, and a revocation is seen."""
+    async with runtime(sqlite_url, clock) as rt:
+        rt.service.variables = VariableStore(rt.store, Cipher.from_spec(f"c1:{generate_key()}"))
+        job, token = await rt.running_job()
+        assert job.lease_id is not None
+        base = f"/executions/{job.id}"
+        ok(await rt.call("GET", f"{base}/input", token))
+        reader = rt.store._reader
+        assert reader is not None
+        statements: list[str] = []
+        reader.set_trace_callback(statements.append)
+
+        def row_reads() -> int:
+            return sum("FROM jobs" in s for s in statements)
+
+        for _ in range(5):
+            ok(await rt.call("GET", f"{base}/input", token))
+        assert row_reads() == 0 and sum("data_version" in s for s in statements) == 5
+
+        async with elsewhere(sqlite_url, clock) as other:  # another process's commit
+            assert await other.queue.set_condition(job.id, job.lease_id, True)
+        assert ok(await rt.call("GET", f"{base}/condition", token)) is True
+        assert row_reads() == 1
+        ok(await rt.call("GET", f"{base}/input", token))
+        assert row_reads() == 1
+
+        # this process's in-place writer is another connection: its commit counts too
+        ok(await rt.call("PUT", f"{base}/variables/k", token, json={"value": 1}))
+        ok(await rt.call("GET", f"{base}/input", token))
+        assert row_reads() == 2  # not for the PUT (nothing new yet), for the GET after its commit
+
+        await rt.engine.finish_job(job.id, job.lease_id, status=JobStatus.SUCCEEDED, exit_code=0)
+        unauthorized(await rt.call("GET", f"{base}/input", token))

@@ -4,16 +4,17 @@
 - :class:`LiveAttempts`: the attempts this process's own worker runs, answered from memory while
   the worker surely holds their leases;
 - :class:`AttemptReader`: any other attempt, checked against the job's row on every call (on a
-  SQLite file with one ``SELECT`` on a plain ``sqlite3`` connection, in place).
+  SQLite file on a plain ``sqlite3`` connection, in place, and only while something has been
+  committed since the row was last read).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import sqlite3
 import time
 from collections import OrderedDict
-from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -110,6 +111,7 @@ def _attempt_query() -> str:
 
 
 _ATTEMPT_QUERY = _attempt_query()
+_RUNNING = JobStatus.RUNNING.value  # an enum member's .value is a property: slow per call
 
 
 @attrs.define(eq=False)
@@ -126,11 +128,21 @@ class AttemptReader:
 
     The job's other columns do not change while an attempt runs, so on SQLite the row read by
     an attempt's first call is kept for its next ones (:data:`MAX_KEPT_ATTEMPTS` of them, the
-    least recently used dropped); only the status, lease and condition are read every time."""
+    least recently used dropped); only the status, lease and condition are read every time.
+
+    Not even those while nothing has been committed to the database since they were read: the
+    connection's ``PRAGMA data_version`` changes with every commit of any other connection, of
+    any process (this reader never writes), and reading it costs less than the ``SELECT``. The
+    version is read before the row, each in a read transaction of its own, so a commit between
+    the two is only ever taken for a change yet to come (the row is read again next time)."""
 
     queue: JobQueue
     #: job id -> the row read at the first call of its current attempt
     _jobs: OrderedDict[str, Job] = attrs.field(init=False, factory=OrderedDict)
+    #: job id -> (status, lease, condition) or ``None``, as read at the data version ``_as_of``
+    #: of the connection it names
+    _states: dict[str, tuple[Any, ...] | None] = attrs.field(init=False, factory=dict)
+    _as_of: tuple[sqlite3.Connection, int] | None = attrs.field(init=False, default=None)
 
     async def running(self, job_id: str, lease_id: str) -> Job:
         """The job, if ``lease_id`` is its running attempt; else ``InvalidToken``."""
@@ -142,7 +154,7 @@ class AttemptReader:
             self._jobs.pop(job_id, None)
             raise InvalidToken("execution gone")
         status, lease, condition = state
-        if status != JobStatus.RUNNING.value or lease != lease_id:
+        if status != _RUNNING or lease != lease_id:
             self._jobs.pop(job_id, None)
             raise InvalidToken("attempt over (ended or re-claimed)")
         kept = self._jobs.get(job_id)
@@ -182,12 +194,23 @@ class AttemptReader:
         if self.queue.store.sqlite_path is None:
             return _UNKNOWN
         try:
-            rows = self.queue.store.read_in_place(_read_attempt(job_id))
+            return self.queue.store.read_in_place(functools.partial(self._state, job_id))
         except NotInPlace as exc:
             log.debug("attempt check: %s; reading through the queue", exc)
             return _UNKNOWN
-        return tuple(rows[0]) if rows else None
 
-
-def _read_attempt(job_id: str) -> Callable[[sqlite3.Connection], list[Any]]:
-    return lambda conn: conn.execute(_ATTEMPT_QUERY, (job_id,)).fetchall()
+    def _state(self, job_id: str, conn: sqlite3.Connection) -> tuple[Any, ...] | None:
+        # fetchall, not fetchone: a statement left unfinished would hold its read transaction
+        version = conn.execute("PRAGMA data_version").fetchall()[0][0]
+        as_of = self._as_of
+        if as_of is None or as_of[0] is not conn or as_of[1] != version:
+            self._states.clear()  # something was committed (or the connection is new)
+            self._as_of = (conn, version)
+        elif job_id in self._states:
+            return self._states[job_id]
+        rows = conn.execute(_ATTEMPT_QUERY, (job_id,)).fetchall()
+        state = tuple(rows[0]) if rows else None
+        if len(self._states) >= MAX_KEPT_ATTEMPTS:
+            self._states.clear()
+        self._states[job_id] = state
+        return state
