@@ -6,6 +6,7 @@ would) and checks that the very next request is refused."""
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -13,6 +14,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 import pytest
 
 from cronium_core import FakeClock, Job, JobStatus, RetryPolicy
+from cronium_core import runtime as runtime_module
 from cronium_core.attempts import LEASE_MARGIN, AttemptReader
 from cronium_core.broker import LocalBroker
 from cronium_core.crypto import Cipher, generate_key
@@ -232,3 +234,34 @@ async def test_the_attempt_row_is_read_again_only_once_something_committed(
 
         await rt.engine.finish_job(job.id, job.lease_id, status=JobStatus.SUCCEEDED, exit_code=0)
         unauthorized(await rt.call("GET", f"{base}/input", token))
+
+
+async def test_the_events_owner_is_read_in_place_and_its_change_seen_once_remembered_no_more(
+    sqlite_url: str, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite: the owner of a job's event (whose variables the script reads) is read on the
+    store's in-place reader, not through a thread; an owner changed by another process is
+    seen once the remembered one expires (here at once)."""
+    monkeypatch.setattr(runtime_module, "OWNER_CACHE_SECONDS", 0.0)
+    async with runtime(sqlite_url, clock) as rt:
+        variables = rt.service.variables = VariableStore(
+            rt.store, Cipher.from_spec(f"c1:{generate_key()}")
+        )
+        await variables.set("alice", "k", "alice's")
+        await variables.set("bob", "k", "bob's")
+        job, token = await rt.running_job(owner="alice")
+        path = f"/executions/{job.id}/variables/k"
+        ok(await rt.call("GET", f"/executions/{job.id}/input", token))  # opens the reader
+        reader = rt.store._reader
+        assert reader is not None
+        statements: list[str] = []
+        reader.set_trace_callback(statements.append)
+        assert ok(await rt.call("GET", path, token))["value"] == "alice's"
+        assert any("FROM events" in s for s in statements)
+
+        assert rt.store.sqlite_path is not None
+        other = sqlite3.connect(rt.store.sqlite_path)
+        with other:
+            other.execute("UPDATE events SET owner = 'bob' WHERE id = ?", (job.event_id,))
+        other.close()
+        assert ok(await rt.call("GET", path, token))["value"] == "bob's"
