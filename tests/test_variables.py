@@ -1228,3 +1228,43 @@ async def test_tool_action_delegates_to_the_registry(db_url: str, clock: FakeClo
         assert calls == [
             ("send", {"x": 1}, ToolContext(job_id=job.id, event_id=job.event_id, owner="carol"))
         ]
+
+
+async def test_a_plain_variables_new_value_rewrites_one_page(
+    sqlite_url: str, cipher: Cipher
+) -> None:
+    """SQLite: replacing a plain variable's value writes its row's page and nothing else (the
+    ``key_id`` index entry stays as it is: assigning that column, NULL again, rewrote it too,
+    a second page in the WAL per commit); the other kinds of update still set every column."""
+    async with AsyncExitStack() as stack:
+        store = DataStore(url=sqlite_url)
+        await store.start(stack, upgrade=True)
+        variables = VariableStore(store, cipher)
+        await variables.set("alice", "plain", 0)
+        await variables.set("alice", "hidden", "s3cret-0", secret=True)
+        assert store.sqlite_path is not None
+        raw = sqlite3.connect(store.sqlite_path, isolation_level=None)
+
+        def frames() -> int:
+            return int(raw.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[1])
+
+        raw.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        for n in range(1, 21):  # one commit each
+            await variables.set("alice", "plain", {"n": n})
+        assert frames() == 20  # one page per commit
+
+        # plain -> secret -> plain: the sealed columns are set, then cleared
+        await variables.set("alice", "plain", "now-a-secret", secret=True)
+        await variables.set("alice", "hidden", "plain again", secret=False)
+        rows = dict(
+            (r[0], r[1:])
+            for r in raw.execute(
+                "SELECT key, value, ciphertext IS NULL, key_id, secret FROM variables"
+            )
+        )
+        raw.close()
+        assert rows["plain"][0] is None and rows["plain"][1:] == (0, cipher.current, 1)
+        assert rows["hidden"] == ('"plain again"', 1, None, 0)
+        fresh = VariableStore(store, cipher)
+        assert (await fresh.get("alice", "plain")).value == "now-a-secret"
+        assert (await fresh.get("alice", "hidden")).value == "plain again"

@@ -171,6 +171,7 @@ _RAW_UPDATE = (
     "UPDATE variables SET value = ?, ciphertext = ?, key_id = ?, secret = ?, updated_at = ? "
     "WHERE id = ?"
 )
+_RAW_REVALUE = "UPDATE variables SET value = ?, updated_at = ? WHERE id = ?"
 _SQLITE = sqlite_dialect.dialect()
 _SQLITE_TIME = schema.UTCDateTime()
 #: how SQLAlchemy's JSON type writes a value on SQLite (its default serializer)
@@ -540,12 +541,14 @@ class VariableStore:
         else:
             found = conn.execute(_READ_MANY[locked], {"b_idents": idents})
         stored = {(r.owner, r.key): (r.id, r.created_at, bool(r.secret)) for r in found}
-        results, inserts, updates = self._plan(group, now, stored)
+        results, inserts, updates, revalued = self._plan(group, now, stored)
         for secret in (False, True):
             if inserts[secret]:
                 conn.execute(_INSERT[secret], inserts[secret])
             if updates[secret]:
                 conn.execute(_UPDATE[secret], updates[secret])
+        if revalued:
+            conn.execute(_UPDATE[False], revalued)  # SET only the columns given
         return results
 
     def _write_sqlite(
@@ -563,7 +566,7 @@ class VariableStore:
             (owner, key): (row_id, _raw_time(created), bool(secret))
             for row_id, owner, key, secret, created in rows
         }
-        results, inserts, updates = self._plan(group, now, stored)
+        results, inserts, updates, revalued = self._plan(group, now, stored)
         when = _SQLITE_TIME.process_bind_param(now, _SQLITE)
         for secret in (False, True):
             if inserts[secret]:
@@ -579,6 +582,10 @@ class VariableStore:
                      r["b_id"])
                     for r in updates[secret]
                 ])  # fmt: skip
+        if revalued:
+            conn.executemany(
+                _RAW_REVALUE, [(_raw_value(r, False), when, r["b_id"]) for r in revalued]
+            )
         return results
 
     def _plan(
@@ -586,10 +593,14 @@ class VariableStore:
         group: builtins.list[_Write],
         now: datetime,
         stored: dict[tuple[str, str], tuple[str, datetime, bool]],
-    ) -> tuple[builtins.list[Variable | Exception], dict[bool, Any], dict[bool, Any]]:
+    ) -> tuple[
+        builtins.list[Variable | Exception], dict[bool, Any], dict[bool, Any], builtins.list[Any]
+    ]:
         """Each write's answer, and the final state of each key as insert and update
-        parameters by kind (secret or not). ``stored``: (owner, key) -> (row id, created_at,
-        secret) of the rows there are."""
+        parameters by kind (secret or not), and apart, the updates of a plain variable that
+        stays plain: only its value and time change, and assigning the other columns too
+        (already NULL) would rewrite its ``key_id`` index entry, a second page per commit.
+        ``stored``: (owner, key) -> (row id, created_at, secret) of the rows there are."""
         #: (owner, key) -> [row id, created_at, secret, the row's values]
         state: dict[tuple[str, str], builtins.list[Any]] = {}
         results: builtins.list[Variable | Exception] = []
@@ -612,14 +623,18 @@ class VariableStore:
         # by kind: a secret's value column is SQL NULL, which no bound parameter can say
         inserts: dict[bool, builtins.list[dict[str, Any]]] = {False: [], True: []}
         updates: dict[bool, builtins.list[dict[str, Any]]] = {False: [], True: []}
-        for (owner, key), (row_id, created, secret, values) in state.items():
+        revalued: builtins.list[dict[str, Any]] = []
+        for ident, (row_id, created, secret, values) in state.items():
             values["updated_at"] = now
-            if (owner, key) in stored:
-                updates[secret].append({"b_id": row_id, **values})
-            else:
-                inserts[secret].append({"id": row_id, "owner": owner, "key": key,
+            row = stored.get(ident)
+            if row is None:
+                inserts[secret].append({"id": row_id, "owner": ident[0], "key": ident[1],
                                         "created_at": created, **values})  # fmt: skip
-        return results, inserts, updates
+            elif not secret and not row[2]:
+                revalued.append({"b_id": row_id, "value": values["value"], "updated_at": now})
+            else:
+                updates[secret].append({"b_id": row_id, **values})
+        return results, inserts, updates, revalued
 
     def _values(
         self, row_id: str, owner: str, key: str, value: Any, secret: bool
