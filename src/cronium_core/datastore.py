@@ -150,7 +150,7 @@ class DataStore:
     _reader: sqlite3.Connection | None = attrs.field(init=False, default=None)
     _checkpointer: _Checkpointer | None = attrs.field(init=False, default=None)
     _in_place_commits: int = attrs.field(init=False, default=0)
-    #: the WAL has grown over WAL_LIMIT: the next in-place write truncates it first
+    #: a checkpoint left over WAL_LIMIT of frames: the next in-place write restarts the WAL first
     _restart_due: bool = attrs.field(init=False, default=False)
     #: statements of :meth:`execute_in_place`, compiled for SQLite once
     _compiled: dict[Any, _Compiled] = attrs.field(init=False, factory=dict)
