@@ -27,6 +27,7 @@ from cronium_core.errors import JobNotFound, ValidationError
 from cronium_core.events import OverlapPolicy
 from cronium_core.queue import EnqueueItem, FinishItem, JobQueue
 from cronium_core.schema import jobs as JT
+from tests.busy_sqlite import write_while_locked
 
 pytestmark = pytest.mark.anyio
 
@@ -647,21 +648,7 @@ async def test_a_heartbeat_waits_for_a_busy_database_in_a_thread(sqlite_url: str
         await queue.enqueue(await add(store))
         [job] = await queue.claim("w")
         assert store.sqlite_path is not None
-        other = sqlite3.connect(store.sqlite_path, isolation_level=None)
-        other.execute("BEGIN IMMEDIATE")
-        beats: list[bool] = []
-        ticks = 0
-
-        async def beat() -> None:
-            beats.append((await queue.heartbeat(job.id, job.lease_id or "")).alive)
-
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(beat)
-            with anyio.move_on_after(0.3):
-                while True:
-                    await anyio.sleep(0.01)
-                    ticks += 1
-            assert beats == [] and ticks >= 10  # the loop ran on while the heartbeat waited
-            other.execute("COMMIT")
-        other.close()
-        assert beats == [True]
+        beat, ticks = await write_while_locked(
+            store.sqlite_path, lambda: queue.heartbeat(job.id, job.lease_id or "")
+        )
+        assert beat.alive and ticks >= 10  # the loop ran on while the heartbeat waited

@@ -39,6 +39,7 @@ from cronium_core.variables import (
     _read_sqlite,
     sealing_context,
 )
+from tests.busy_sqlite import write_while_locked
 from tests.test_runtime_api import Runtime, ok, refused, runtime, unauthorized
 
 pytestmark = pytest.mark.anyio
@@ -383,27 +384,10 @@ async def test_a_busy_database_does_not_hold_up_the_event_loop(
         variables = VariableStore(store, cipher)
         await variables.set("alice", "k", 1)
         assert store.sqlite_path is not None
-        other = sqlite3.connect(store.sqlite_path, isolation_level=None)
-        other.execute("BEGIN IMMEDIATE")  # another process's write transaction
-        ticks = 0
-        done = anyio.Event()
-
-        async def write() -> None:
-            await variables.set("alice", "k", 2)
-            done.set()
-
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(write)
-            with anyio.move_on_after(0.5):
-                while True:
-                    await anyio.sleep(0.01)
-                    ticks += 1
-            assert not done.is_set()  # still waiting for the lock...
-            other.execute("COMMIT")  # ...which is free now
-            with anyio.fail_after(10):
-                await done.wait()
-        other.close()
-        assert ticks >= 20  # the loop kept running all along
+        written, ticks = await write_while_locked(
+            store.sqlite_path, lambda: variables.set("alice", "k", 2), hold=0.5
+        )
+        assert written.value == 2 and ticks >= 20  # the loop kept running all along
         assert (await VariableStore(store, cipher).get("alice", "k")).value == 2
 
 
