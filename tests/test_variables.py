@@ -352,8 +352,8 @@ async def test_in_place_writes_keep_the_wal_bounded(
     sqlite_url: str, cipher: Cipher, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """SQLite: the in-place writer never checkpoints on the loop; a thread of the store's
-    does, and past the limit the next write truncates the WAL, so a stream of variable writes
-    (and nothing else committing) does not grow it without end."""
+    does, and past the limit the next write has the WAL started over, so a stream of variable
+    writes (and nothing else committing) does not grow it without end."""
     monkeypatch.setattr(datastore, "CHECKPOINT_EVERY", 20)
     monkeypatch.setattr(datastore, "WAL_LIMIT", 256 * 1024)
     async with AsyncExitStack() as stack:
@@ -371,6 +371,46 @@ async def test_in_place_writes_keep_the_wal_bounded(
         # commits between two checks (20 of a few pages each)
         assert largest < 4 * 256 * 1024
         assert (await VariableStore(store, cipher).get("alice", "k19")).value["n"] == 1499
+
+
+async def test_a_long_read_elsewhere_delays_the_wal_restart_not_the_writers(
+    sqlite_url: str, cipher: Cipher, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite: while another connection keeps reading an old snapshot, the WAL cannot be
+    started over; each attempt gives up after RESTART_WAIT_MS instead of holding the writers
+    off for as long as the read lasts, and the restart happens once the read is over."""
+    monkeypatch.setattr(datastore, "CHECKPOINT_EVERY", 20)
+    monkeypatch.setattr(datastore, "WAL_LIMIT", 64 * 1024)
+    async with AsyncExitStack() as stack:
+        store = DataStore(url=sqlite_url)
+        await store.start(stack, upgrade=True)
+        variables = VariableStore(store, cipher)
+        await variables.set("alice", "k0", 0)
+        assert store.sqlite_path is not None
+        reader = sqlite3.connect(store.sqlite_path, isolation_level=None)
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM variables").fetchall()  # holds its snapshot
+        slowest = 0.0
+        for n in range(300):
+            started = time.monotonic()
+            await variables.set("alice", f"k{n % 20}", {"n": n, "pad": "x" * 200})
+            slowest = max(slowest, time.monotonic() - started)
+        other = sqlite3.connect(store.sqlite_path)
+
+        def wal_bytes() -> int:
+            frames = other.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()[0][1]
+            return int(frames) * (4096 + 24)
+
+        held = wal_bytes()
+        assert held > 4 * 64 * 1024  # the WAL could not start over meanwhile (300 frames)
+        # every write went through: at most one restart attempt's wait each (0.2 s)
+        assert slowest < 1.5
+        reader.execute("COMMIT")
+        reader.close()
+        for n in range(100):  # the next attempts succeed: the WAL starts over
+            await variables.set("alice", f"k{n % 20}", {"n": n})
+        assert wal_bytes() < held
+        other.close()
 
 
 async def test_a_busy_database_does_not_hold_up_the_event_loop(
@@ -1230,7 +1270,7 @@ async def test_a_plain_variables_new_value_rewrites_one_page(
         raw = sqlite3.connect(store.sqlite_path, isolation_level=None)
 
         def frames() -> int:
-            return int(raw.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[1])
+            return int(raw.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()[0][1])
 
         raw.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         for n in range(1, 21):  # one commit each

@@ -62,8 +62,10 @@ CHECKPOINT_EVERY = 200
 #: bytes of WAL past which the next in-place write has it started over first (holding the
 #: writers off for a few ms): the file's size stays about this
 WAL_LIMIT = 64 * 1024 * 1024
-#: milliseconds a restart of the WAL waits for readers and the passive checkpoint to finish
-RESTART_WAIT_MS = 2000
+#: milliseconds a restart of the WAL waits for other connections' readers to move off it: the
+#: writers wait as long (a long read elsewhere makes it give up and try after the next
+#: checkpoint instead)
+RESTART_WAIT_MS = 200
 #: bytes before each page in a WAL file
 WAL_FRAME_HEADER = 24
 
@@ -337,12 +339,12 @@ class DataStore:
         if conn is None:
             return
         try:
-            # this runs in a thread: it may wait a little (for the store's own passive
-            # checkpoint, or a reader of another connection, to finish)
+            # this runs in a thread: it may wait a little, for the store's own passive
+            # checkpoint (the lock) and for readers of other connections (the busy timeout)
             conn.execute(f"PRAGMA busy_timeout = {RESTART_WAIT_MS}")
             try:
                 with self._checkpointer.lock if self._checkpointer else contextlib.nullcontext():
-                    busy, _, _ = conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
+                    busy, _, _ = conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()[0]
             finally:
                 conn.execute("PRAGMA busy_timeout = 0")
         except sqlite3.Error as exc:
@@ -671,9 +673,9 @@ class _Checkpointer:
                     if conn is None:
                         conn = sqlite3.connect(self.path, timeout=0, isolation_level=None,
                                                check_same_thread=False)  # fmt: skip
-                        frame = conn.execute("PRAGMA page_size").fetchone()[0] + WAL_FRAME_HEADER
+                        frame = conn.execute("PRAGMA page_size").fetchall()[0][0] + WAL_FRAME_HEADER
                     with self.lock:
-                        _, frames, _ = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                        _, frames, _ = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()[0]
                     self.runs += 1
                     # the frames in use, not the file's size, which a restart leaves as it is
                     if frames * frame > WAL_LIMIT:
