@@ -348,18 +348,27 @@ async def test_reads_in_place_read_what_sqlalchemy_reads(
         assert (await fresh.get("alice", "nested")).value == WRITTEN[3][1]
 
 
+@asynccontextmanager
+async def small_wal(
+    sqlite_url: str, cipher: Cipher, monkeypatch: pytest.MonkeyPatch, limit: int
+) -> AsyncIterator[tuple[DataStore, VariableStore]]:
+    """A store whose in-place writes are checkpointed every 20 commits and whose WAL is
+    started over past ``limit`` bytes of frames."""
+    monkeypatch.setattr(datastore, "CHECKPOINT_EVERY", 20)
+    monkeypatch.setattr(datastore, "WAL_LIMIT", limit)
+    async with AsyncExitStack() as stack:
+        store = DataStore(url=sqlite_url)
+        await store.start(stack, upgrade=True)
+        yield store, VariableStore(store, cipher)
+
+
 async def test_in_place_writes_keep_the_wal_bounded(
     sqlite_url: str, cipher: Cipher, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """SQLite: the in-place writer never checkpoints on the loop; a thread of the store's
     does, and past the limit the next write has the WAL started over, so a stream of variable
     writes (and nothing else committing) does not grow it without end."""
-    monkeypatch.setattr(datastore, "CHECKPOINT_EVERY", 20)
-    monkeypatch.setattr(datastore, "WAL_LIMIT", 256 * 1024)
-    async with AsyncExitStack() as stack:
-        store = DataStore(url=sqlite_url)
-        await store.start(stack, upgrade=True)
-        variables = VariableStore(store, cipher)
+    async with small_wal(sqlite_url, cipher, monkeypatch, 256 * 1024) as (store, variables):
         assert store.sqlite_path is not None
         wal = store.sqlite_path + "-wal"
         largest = 0
@@ -379,12 +388,7 @@ async def test_a_long_read_elsewhere_delays_the_wal_restart_not_the_writers(
     """SQLite: while another connection keeps reading an old snapshot, the WAL cannot be
     started over; each attempt gives up after RESTART_WAIT_MS instead of holding the writers
     off for as long as the read lasts, and the restart happens once the read is over."""
-    monkeypatch.setattr(datastore, "CHECKPOINT_EVERY", 20)
-    monkeypatch.setattr(datastore, "WAL_LIMIT", 64 * 1024)
-    async with AsyncExitStack() as stack:
-        store = DataStore(url=sqlite_url)
-        await store.start(stack, upgrade=True)
-        variables = VariableStore(store, cipher)
+    async with small_wal(sqlite_url, cipher, monkeypatch, 64 * 1024) as (store, variables):
         await variables.set("alice", "k0", 0)
         assert store.sqlite_path is not None
         reader = sqlite3.connect(store.sqlite_path, isolation_level=None)
