@@ -362,14 +362,7 @@ class DataStore:
         path = self.sqlite_path
         if path is None:
             raise WriteBusy("not a SQLite file")
-        conn = sqlite3.connect(path, timeout=0, isolation_level=None, check_same_thread=False)
-        try:
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute("PRAGMA foreign_keys=ON")
-            conn.execute("PRAGMA wal_autocheckpoint=0")
-        except sqlite3.Error:
-            conn.close()
-            raise
+        conn = _connect_now(path, "synchronous=NORMAL", "foreign_keys=ON", "wal_autocheckpoint=0")
         self._in_place = conn
         return conn
 
@@ -402,15 +395,9 @@ class DataStore:
         if path is None:
             raise NotInPlace("not a SQLite file")
         try:
-            conn = sqlite3.connect(path, timeout=0, isolation_level=None, check_same_thread=False)
+            return _connect_now(path, "query_only = ON")
         except sqlite3.Error as exc:
             raise NotInPlace(f"{type(exc).__name__}: {exc}") from None
-        try:
-            conn.execute("PRAGMA query_only = ON")
-        except sqlite3.Error as exc:
-            conn.close()
-            raise NotInPlace(f"{type(exc).__name__}: {exc}") from None
-        return conn
 
     def _close_reader(self) -> None:
         conn, self._reader = self._reader, None
@@ -671,8 +658,7 @@ class _Checkpointer:
                     return
                 try:
                     if conn is None:
-                        conn = sqlite3.connect(self.path, timeout=0, isolation_level=None,
-                                               check_same_thread=False)  # fmt: skip
+                        conn = _connect_now(self.path)
                         frame = conn.execute("PRAGMA page_size").fetchall()[0][0] + WAL_FRAME_HEADER
                     with self.lock:
                         _, frames, _ = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()[0]
@@ -688,6 +674,19 @@ class _Checkpointer:
         finally:
             if conn is not None:
                 conn.close()
+
+
+def _connect_now(path: str, *pragmas: str) -> sqlite3.Connection:
+    """A plain ``sqlite3`` connection that never waits (busy timeout zero), in autocommit
+    (transactions are begun by hand), usable from any thread, with ``pragmas`` set."""
+    conn = sqlite3.connect(path, timeout=0, isolation_level=None, check_same_thread=False)
+    try:
+        for pragma in pragmas:
+            conn.execute(f"PRAGMA {pragma}")
+    except sqlite3.Error:
+        conn.close()
+        raise
+    return conn
 
 
 class NotInPlace(Exception):
