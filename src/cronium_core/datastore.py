@@ -57,7 +57,7 @@ POOL_RECYCLE_SECONDS = 1800
 #: (BEGIN, an empty statement, ROLLBACK), as much as the statement it guarded.
 IDLE_PING_SECONDS = 10.0
 #: in-place commits (:meth:`DataStore.transact_in_place`) between two passive checkpoints of
-#: the WAL in a thread (a few pages each: the WAL stays around a couple of MB)
+#: the WAL in a thread (a few pages each)
 CHECKPOINT_EVERY = 200
 #: bytes of WAL past which the next in-place write has it started over first (holding the
 #: writers off for a few ms): the file's size stays about this
