@@ -13,7 +13,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 
 import pytest
 
-from cronium_core import FakeClock, Job, JobStatus, RetryPolicy
+from cronium_core import FakeClock, Job, JobStatus, RetryPolicy, datastore
 from cronium_core import runtime as runtime_module
 from cronium_core.attempts import LEASE_MARGIN, AttemptReader
 from cronium_core.broker import LocalBroker
@@ -128,11 +128,13 @@ async def test_a_failing_fast_read_falls_back_to_the_queue(rt: Runtime, db_url: 
         return
     assert store._reader is not None
     store._reader.close()  # the connection breaks under it
+    assert job.lease_id is not None
+    # a commit: the row is read again (while nothing is committed the row read last stands)
+    assert await rt.queue.set_condition(job.id, job.lease_id, True)
     ok(await rt.call("GET", path, token))  # answered through JobQueue.get
     assert store._reader is None
     ok(await rt.call("GET", path, token))  # and the next call has a connection again
     assert store._reader is not None
-    assert job.lease_id is not None
     await rt.engine.finish_job(job.id, job.lease_id, status=JobStatus.FAILED, exit_code=1)
     unauthorized(await rt.call("GET", path, token))
 
@@ -196,12 +198,16 @@ async def test_renewed_lease_extends_the_trust_in_memory(rt: Runtime) -> None:
     assert not live.surely_held
 
 
+@pytest.mark.parametrize("wal_index", [True, False], ids=["wal-index", "data-version"])
 async def test_the_attempt_row_is_read_again_only_once_something_committed(
-    sqlite_url: str, clock: FakeClock
+    sqlite_url: str, clock: FakeClock, wal_index: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """SQLite: while nothing is committed, the attempt check answers from the row it read
-    (the reader's ``data_version`` says nothing changed); any commit, by another process or by
-    this one's own writers, has the next call read the row again, and a revocation is seen."""
+    (the WAL index's header, or where it cannot be read the reader's ``data_version``, says
+    nothing changed); any commit, by another process or by this one's own writers, has the
+    next call read the row again, and a revocation is seen."""
+    if not wal_index:  # an index of another layout than the one this code knows
+        monkeypatch.setattr(datastore, "WAL_INDEX_VERSION", b"\0\0\0\0")
     async with runtime(sqlite_url, clock) as rt:
         rt.service.variables = VariableStore(rt.store, Cipher.from_spec(f"c1:{generate_key()}"))
         job, token = await rt.running_job()
@@ -216,9 +222,11 @@ async def test_the_attempt_row_is_read_again_only_once_something_committed(
         def row_reads() -> int:
             return sum("FROM jobs" in s for s in statements)
 
+        assert (rt.store._wal_index is not None) is wal_index
         for _ in range(5):
             ok(await rt.call("GET", f"{base}/input", token))
-        assert row_reads() == 0 and sum("data_version" in s for s in statements) == 5
+        assert row_reads() == 0
+        assert sum("data_version" in s for s in statements) == (0 if wal_index else 5)
 
         async with elsewhere(sqlite_url, clock) as other:  # another process's commit
             assert await other.queue.set_condition(job.id, job.lease_id, True)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import sqlite3
+import sys
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from datetime import UTC, datetime
 
+import anyio
 import attrs
 import pytest
 import sqlalchemy as sa
@@ -27,6 +30,7 @@ from cronium_core import (
     Script,
     ValidationError,
     Workflow,
+    datastore,
     schema,
 )
 from cronium_core.datastore import DataStore, normalize_url
@@ -66,8 +70,6 @@ async def test_concurrent_upgrades_on_postgres(pg_server: object) -> None:
     name = f"upgrade_{datetime.now(UTC):%H%M%S%f}"
     pg_server.create_database(name)
     try:
-        import anyio
-
         stores = [DataStore(url=pg_server.url_for(name)) for _ in range(4)]
         results: list[list[int]] = []
 
@@ -179,3 +181,84 @@ def test_event_marshalling_round_trips(
         env=env,  # type: ignore[arg-type]
     )
     assert event_from_dict(event_to_dict(ev)) == ev
+
+
+async def test_the_commit_mark_changes_with_every_commit_of_any_connection(
+    sqlite_url: str,
+) -> None:
+    """SQLite file: ``commit_mark`` (the WAL index's header) stays the same while nothing is
+    committed and changes with each commit, of another connection, another process or this
+    store's own writers, also once the WAL has started over; it is ``None`` (the caller asks
+    ``data_version``) when the index is not one this code knows."""
+    async with AsyncExitStack() as stack:
+        store = DataStore(url=sqlite_url)
+        await store.start(stack, upgrade=True)
+        assert store.commit_mark() is None  # no reader yet
+        store.read_in_place(lambda conn: conn.execute("SELECT 1").fetchall())
+        path = store.sqlite_path
+        assert path is not None
+        mark = store.commit_mark()
+        assert mark is not None and len(mark) == datastore.WAL_INDEX_HEADER
+
+        def read() -> int:
+            return store.read_in_place(
+                lambda conn: conn.execute("SELECT count(*) FROM events").fetchall()[0][0]
+            )
+
+        assert read() == 0 and store.commit_mark() == mark  # reads change nothing
+        other = sqlite3.connect(path, isolation_level=None)
+        stack.callback(other.close)
+        other.execute("CREATE TABLE t (n INTEGER)")
+        seen = {mark}
+        for n in range(50):
+            other.execute("INSERT INTO t VALUES (?)", (n,))
+            now = store.commit_mark()
+            assert now not in seen  # a new mark for every commit, never an earlier one
+            seen.add(now)
+            assert store.commit_mark() == now
+        other.execute("BEGIN IMMEDIATE")
+        other.execute("INSERT INTO t VALUES (-1)")
+        before = store.commit_mark()
+        assert store.commit_mark() == before  # not committed yet
+        other.execute("COMMIT")
+        assert store.commit_mark() != before
+
+        # started over: the frame count goes back, the salts change
+        assert other.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()[0][0] == 0
+        for n in range(3):
+            other.execute("INSERT INTO t VALUES (?)", (n,))
+            now = store.commit_mark()
+            assert now not in seen
+            seen.add(now)
+
+        # another process
+        code = (
+            "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); "
+            "c.execute('INSERT INTO t VALUES (7)'); c.commit()"
+        )
+        await anyio.run_process([sys.executable, "-c", code, path])
+        assert store.commit_mark() not in seen
+        seen.add(store.commit_mark())
+
+        # this store's own in-place writer
+        await store.transact_in_place(
+            lambda conn: conn.execute("INSERT INTO t VALUES (8)").fetchall()
+        )
+        assert store.commit_mark() not in seen
+
+        # a reader opened again re-reads the index it belongs to
+        store._close_reader()
+        assert store.commit_mark() is None
+        read()
+        assert store.commit_mark() is not None
+
+    async with AsyncExitStack() as stack:
+        store = DataStore(url=sqlite_url)
+        await store.start(stack)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(datastore, "WAL_INDEX_VERSION", b"\0\0\0\0")
+            read_version = store.read_in_place(
+                lambda conn: conn.execute("PRAGMA data_version").fetchall()
+            )
+        assert read_version and store._reader is not None
+        assert store.commit_mark() is None and store._wal_index is None

@@ -130,19 +130,21 @@ class AttemptReader:
     an attempt's first call is kept for its next ones (:data:`MAX_KEPT_ATTEMPTS` of them, the
     least recently used dropped); only the status, lease and condition are read every time.
 
-    Not even those while nothing has been committed to the database since they were read: the
-    connection's ``PRAGMA data_version`` changes with every commit of any other connection, of
-    any process (this reader never writes), and reading it costs less than the ``SELECT``. The
-    version is read before the row, each in a read transaction of its own, so a commit between
-    the two is only ever taken for a change yet to come (the row is read again next time)."""
+    Not even those while nothing has been committed to the database since they were read:
+    :meth:`DataStore.commit_mark <cronium_core.datastore.DataStore.commit_mark>` (the WAL
+    index's header, one ``pread``) changes with every commit of any connection, of any
+    process; where it cannot be read, the reader's ``PRAGMA data_version`` (every commit of
+    another connection: this reader never writes). Either costs less than the ``SELECT``. The
+    mark is read before the row, so a commit between the two is only ever taken for a change
+    yet to come (the row is read again next time)."""
 
     queue: JobQueue
     #: job id -> the row read at the first call of its current attempt
     _jobs: OrderedDict[str, Job] = attrs.field(init=False, factory=OrderedDict)
-    #: job id -> (status, lease, condition) or ``None``, as read at the data version ``_as_of``
-    #: of the connection it names
+    #: job id -> (status, lease, condition) or ``None``, as read at the commit mark (or data
+    #: version) ``_as_of`` of the connection it names
     _states: dict[str, tuple[Any, ...] | None] = attrs.field(init=False, factory=dict)
-    _as_of: tuple[sqlite3.Connection, int] | None = attrs.field(init=False, default=None)
+    _as_of: tuple[sqlite3.Connection, Any] | None = attrs.field(init=False, default=None)
 
     async def running(self, job_id: str, lease_id: str) -> Job:
         """The job, if ``lease_id`` is its running attempt; else ``InvalidToken``."""
@@ -200,8 +202,10 @@ class AttemptReader:
             return _UNKNOWN
 
     def _state(self, job_id: str, conn: sqlite3.Connection) -> tuple[Any, ...] | None:
-        # fetchall, not fetchone: a statement left unfinished would hold its read transaction
-        version = conn.execute("PRAGMA data_version").fetchall()[0][0]
+        version: Any = self.queue.store.commit_mark()
+        if version is None:
+            # fetchall, not fetchone: a statement left unfinished would hold its transaction
+            version = conn.execute("PRAGMA data_version").fetchall()[0][0]
         as_of = self._as_of
         if as_of is None or as_of[0] is not conn or as_of[1] != version:
             self._states.clear()  # something was committed (or the connection is new)

@@ -19,6 +19,7 @@ import contextlib
 import logging
 import os
 import sqlite3
+import sys
 import threading
 import time
 import uuid
@@ -68,6 +69,11 @@ WAL_LIMIT = 64 * 1024 * 1024
 RESTART_WAIT_MS = 200
 #: bytes before each page in a WAL file
 WAL_FRAME_HEADER = 24
+#: the WAL index (the ``-shm`` file, https://sqlite.org/walformat.html §2.5.1) begins with two
+#: copies of its 48-byte header; the first field is the index format's version, 3007000,
+#: in the machine's byte order
+WAL_INDEX_HEADER = 96
+WAL_INDEX_VERSION = (3007000).to_bytes(4, sys.byteorder)
 
 log = logging.getLogger("cronium.store")
 
@@ -150,6 +156,9 @@ class DataStore:
     #: :meth:`read_in_place`
     _in_place: sqlite3.Connection | None = attrs.field(init=False, default=None)
     _reader: sqlite3.Connection | None = attrs.field(init=False, default=None)
+    #: the reader's WAL index, open as long as the reader (``None``: not known, see
+    #: :meth:`commit_mark`)
+    _wal_index: int | None = attrs.field(init=False, default=None)
     _checkpointer: _Checkpointer | None = attrs.field(init=False, default=None)
     _in_place_commits: int = attrs.field(init=False, default=0)
     #: a checkpoint left over WAL_LIMIT of frames: the next in-place write restarts the WAL first
@@ -390,17 +399,44 @@ class DataStore:
             self._close_reader()
             raise NotInPlace(f"{type(exc).__name__}: {exc}") from None
 
+    def commit_mark(self) -> bytes | None:
+        """SQLite file, reader open (call it from :meth:`read_in_place`'s ``fn``): bytes that
+        change with every commit to the database, by any connection of any process, read
+        without a transaction or a lock. ``None`` when they cannot be read: ask the reader's
+        ``PRAGMA data_version`` instead (a read transaction: ~2 µs alone, 7-12 µs amid other
+        work, where this costs one ``pread``).
+
+        They are the WAL index's header (https://sqlite.org/walformat.html §2.5.1), which a
+        writer rewrites before its ``COMMIT`` returns (a commit appends frames: the frame
+        count and checksums change; a restart of the WAL changes its salts). SQLite rewrites
+        it in place under other readers, so two reads may differ while nothing was committed
+        (a torn read, a recovery): that only costs the caller a read it did not need.
+        The index file is opened once the reader has read (so it exists) and closed with it;
+        while the reader is open, no connection can delete or truncate it."""
+        fd = self._wal_index
+        if fd is None:
+            return None
+        try:
+            return os.pread(fd, WAL_INDEX_HEADER, 0)
+        except OSError:
+            return None
+
     def _open_reader(self) -> sqlite3.Connection:
         path = self.sqlite_path
         if path is None:
             raise NotInPlace("not a SQLite file")
         try:
-            return _connect_now(path, "query_only = ON")
+            conn = _connect_now(path, "query_only = ON")
         except sqlite3.Error as exc:
             raise NotInPlace(f"{type(exc).__name__}: {exc}") from None
+        self._wal_index = _open_wal_index(conn, path)
+        return conn
 
     def _close_reader(self) -> None:
         conn, self._reader = self._reader, None
+        fd, self._wal_index = self._wal_index, None
+        if fd is not None:
+            os.close(fd)
         if conn is not None:
             conn.close()
 
@@ -687,6 +723,39 @@ def _connect_now(path: str, *pragmas: str) -> sqlite3.Connection:
         conn.close()
         raise
     return conn
+
+
+def _open_wal_index(conn: sqlite3.Connection, path: str) -> int | None:
+    """The WAL index of ``conn``'s database, opened for :meth:`DataStore.commit_mark`, if
+    the database is in WAL mode and the index's header has the version and layout expected;
+    else ``None``."""
+    try:
+        # a read (a transaction of its own) opens the WAL and its index if there is none yet
+        [(mode,)] = conn.execute("PRAGMA journal_mode").fetchall()
+        conn.execute("PRAGMA schema_version").fetchall()
+    except sqlite3.Error:
+        return None
+    if mode != "wal":
+        return None
+    try:
+        fd = os.open(f"{path}-shm", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        header = os.pread(fd, WAL_INDEX_HEADER, 0)
+    except OSError:
+        header = b""
+    # the version, and "initialized" (isInit, the 13th byte) in both copies
+    half = WAL_INDEX_HEADER // 2
+    if (
+        len(header) != WAL_INDEX_HEADER
+        or header[:4] != WAL_INDEX_VERSION
+        or header[half : half + 4] != WAL_INDEX_VERSION
+        or header[12] != 1
+    ):
+        os.close(fd)
+        return None
+    return fd
 
 
 class NotInPlace(Exception):
