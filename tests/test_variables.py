@@ -17,6 +17,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -1296,3 +1297,37 @@ async def test_a_plain_variables_new_value_rewrites_one_page(
         fresh = VariableStore(store, cipher)
         assert (await fresh.get("alice", "plain")).value == "now-a-secret"
         assert (await fresh.get("alice", "hidden")).value == "plain again"
+
+
+async def test_a_lone_plain_update_is_one_statement(sqlite_url: str, cipher: Cipher) -> None:
+    """SQLite, in place: a write of a plain value over a plain variable, alone in its group,
+    is one ``UPDATE`` by key (no read first) and keeps the variable's creation time; over a
+    secret, or for a new key, the write goes the general way and keeps the secret a secret."""
+    async with AsyncExitStack() as stack:
+        store = DataStore(url=sqlite_url)
+        await store.start(stack, upgrade=True)
+        variables = VariableStore(store, cipher)
+        first = await variables.set("alice", "plain", 0)
+        await variables.set("alice", "hidden", "s3cret-0", secret=True)
+        conn = store._in_place
+        assert conn is not None
+        statements: list[str] = []
+        conn.set_trace_callback(statements.append)
+
+        store.clock = FakeClock(first.created_at + timedelta(hours=1))
+        written = await variables.set("alice", "plain", {"n": 1})
+        assert [s.split()[0] for s in statements] == ["BEGIN", "UPDATE", "COMMIT"]
+        assert written.created_at == first.created_at
+        assert written.updated_at == first.created_at + timedelta(hours=1)
+        stored = await VariableStore(store, cipher).get("alice", "plain")  # no cache
+        assert (stored.value, stored.secret, stored.created_at, stored.updated_at) == (
+            {"n": 1}, False, first.created_at, written.updated_at
+        )  # fmt: skip
+
+        statements.clear()
+        over_secret = await variables.set("alice", "hidden", "s3cret-1")  # the flag kept
+        assert over_secret.secret and "SELECT" in [s.split()[0] for s in statements]
+        assert (await VariableStore(store, cipher).get("alice", "hidden")).secret
+        new = await variables.set("alice", "new", "v")
+        assert new.created_at == new.updated_at
+        assert (await VariableStore(store, cipher).get("alice", "new")).value == "v"
