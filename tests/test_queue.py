@@ -652,3 +652,65 @@ async def test_a_heartbeat_waits_for_a_busy_database_in_a_thread(sqlite_url: str
             store.sqlite_path, lambda: queue.heartbeat(job.id, job.lease_id or "")
         )
         assert beat.alive and ticks >= 10  # the loop ran on while the heartbeat waited
+
+
+async def test_outputs_and_conditions_in_place_write_what_one_in_a_thread_writes(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite: a running attempt's output and condition are written on the event loop (no
+    thread) when the database is free, stored as a write in a thread stores them; an output
+    over ``IN_PLACE_MAX_BYTES`` goes to a thread; an attempt over is refused either way."""
+    async with AsyncExitStack() as stack:
+        store = DataStore(url=sqlite_url)
+        await store.start(stack, upgrade=True)
+        queue = JobQueue(store=store, lease_seconds=30)
+        ev = await add(store)
+        for _ in range(4):
+            await queue.enqueue(ev)
+        here, there, big, over = await queue.claim("w", 4)
+        await queue.finish(over.id, over.lease_id or "", status=JobStatus.SUCCEEDED)
+        output = {"text": "é ☃ 🙂", "n": [1, 2.5, None, True], "nested": {"k": "v"}}
+
+        hops: list[object] = []
+        run_sync = anyio.to_thread.run_sync
+
+        async def counting(fn: object, *args: object, **kw: object) -> object:
+            hops.append(fn)
+            return await run_sync(fn, *args, **kw)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(anyio.to_thread, "run_sync", counting)
+        assert await queue.set_output(here.id, here.lease_id or "", output)
+        assert await queue.set_condition(here.id, here.lease_id or "", True)
+        assert not await queue.set_output(over.id, over.lease_id or "", output)
+        assert not await queue.set_condition(here.id, "another lease", False)
+        assert hops == []  # all answered in place
+
+        large = "x" * (datastore.IN_PLACE_MAX_BYTES + 1)
+        assert await queue.set_output(big.id, big.lease_id or "", large)
+        assert len(hops) == 1  # in a thread
+        assert (await queue.get(big.id)).output == large
+
+        async def refuse(*_: object) -> None:
+            raise datastore.WriteBusy("another process writes")
+
+        monkeypatch.setattr(DataStore, "execute_in_place", refuse)
+        assert await queue.set_output(there.id, there.lease_id or "", output)
+        assert await queue.set_condition(there.id, there.lease_id or "", True)
+        assert not await queue.set_output(over.id, over.lease_id or "", output)
+        assert len(hops) == 4
+
+        assert store.sqlite_path is not None
+        raw = sqlite3.connect(store.sqlite_path)
+        rows = dict(
+            (r[0], r[1:])
+            for r in raw.execute(
+                "SELECT id, output, typeof(output), condition, typeof(condition) FROM jobs "
+                "WHERE id IN (?, ?)",
+                (here.id, there.id),
+            )
+        )
+        raw.close()
+        assert rows[here.id] == rows[there.id]  # the same text, the same storage classes
+        for job in (here, there):
+            got = await queue.get(job.id)
+            assert got.output == output and got.condition is True

@@ -69,6 +69,9 @@ WAL_LIMIT = 64 * 1024 * 1024
 RESTART_WAIT_MS = 200
 #: bytes before each page in a WAL file
 WAL_FRAME_HEADER = 24
+#: the most bytes of text and blobs :meth:`DataStore.execute_in_place` writes on the event
+#: loop; larger values go to a thread (SQLite releases the GIL while it writes them there)
+IN_PLACE_MAX_BYTES = 64 * 1024
 #: the WAL index (the ``-shm`` file, https://sqlite.org/walformat.html §2.5.1) begins with two
 #: copies of its 48-byte header; the first field is the index format's version, 3007000,
 #: in the machine's byte order
@@ -293,15 +296,21 @@ class DataStore:
         :class:`NotInPlace` (:class:`WriteBusy`) when it cannot run here and now, and when
         SQLite fails: the caller then runs it the usual way, which reports any real error.
 
-        The job queue's heartbeats use it: done in a thread, each one held the writer lock for
-        a millisecond or more under load (the thread waiting for the GIL), and every in-place
-        write of the process waited behind it."""
+        Also :class:`NotInPlace` for values over :data:`IN_PLACE_MAX_BYTES` in all (text and
+        blobs as bound): writing those would hold the event loop for milliseconds.
+
+        The job queue's heartbeats, outputs and conditions use it: done in a thread, each one
+        held the writer lock for a millisecond or more under load (the thread waiting for the
+        GIL), and every in-place write of the process waited behind it."""
         compiled = self._compiled.get(statement)
         if compiled is None:
             if self._sync_engine is None:
                 raise NotInPlace("not a SQLite file")
             compiled = self._compiled[statement] = _Compiled.of(statement, self._sync_engine)
         values = compiled.values(params)
+        size = sum(len(v) for v in values if isinstance(v, str | bytes))
+        if size > IN_PLACE_MAX_BYTES:
+            raise NotInPlace(f"{size} bytes of values: written in a thread")
         try:
             return await self.transact_in_place(
                 lambda conn: conn.execute(compiled.sql, values).fetchall()

@@ -744,15 +744,23 @@ class JobQueue:
         return await self._set_running_field(job_id, lease_id, "condition", bool(condition))
 
     async def _set_running_field(self, job_id: str, lease_id: str, name: str, value: Any) -> bool:
+        """Set a column of a running attempt's row: False when the attempt is over. On SQLite
+        in place, like :meth:`heartbeat` (a large output goes to a thread)."""
+        statement = self._statement(
+            ("set", name),
+            lambda: (
+                _fenced_update().values({name: _param("p_value", J.c[name].type)}).returning(J.c.id)
+            ),
+        )
+        params = {"p_job_id": job_id, "p_lease_id": lease_id, "p_value": value}
+        if self.store.sqlite_path is not None:
+            try:
+                return bool(await self.store.execute_in_place(statement, params))
+            except NotInPlace:
+                pass
+
         def write(c: sa.Connection) -> bool:
-            statement = self._statement(
-                ("set", name),
-                lambda: _fenced_update().values({name: _param("p_value", J.c[name].type)}),
-            )
-            result = c.execute(
-                statement, {"p_job_id": job_id, "p_lease_id": lease_id, "p_value": value}
-            )
-            return bool(result.rowcount)
+            return c.execute(statement, params).first() is not None
 
         return await self._run(write, one_statement=True)
 
