@@ -262,3 +262,57 @@ async def test_the_commit_mark_changes_with_every_commit_of_any_connection(
             )
         assert read_version and store._reader is not None
         assert store.commit_mark() is None and store._wal_index is None
+
+
+async def test_jobs_unchanged_only_across_the_stores_own_commits_that_wrote_no_job(
+    sqlite_url: str,
+) -> None:
+    """``jobs_unchanged(since, now)``: True when every commit between the two marks was an
+    in-place commit of this store declared ``writes_jobs=False``; any other commit on the way
+    (another connection's, or one of its own that may write jobs) makes it False."""
+    async with AsyncExitStack() as stack:
+        store = DataStore(url=sqlite_url)
+        await store.start(stack, upgrade=True)
+        store.read_in_place(lambda conn: conn.execute("SELECT 1").fetchall())
+        path = store.sqlite_path
+        assert path is not None
+        other = sqlite3.connect(path, isolation_level=None)
+        stack.callback(other.close)
+        other.execute("CREATE TABLE t (n INTEGER)")
+
+        def insert(conn: sqlite3.Connection) -> None:
+            conn.execute("INSERT INTO t VALUES (1)")
+
+        start = store.commit_mark()
+        assert start is not None and store.jobs_unchanged(start, start)
+        for _ in range(3):
+            await store.transact_in_place(insert, writes_jobs=False)
+        quiet = store.commit_mark()
+        assert quiet != start and store.jobs_unchanged(start, quiet)
+        assert not store.jobs_unchanged(quiet, start)  # not backwards
+
+        other.execute("INSERT INTO t VALUES (2)")  # another connection's commit
+        await store.transact_in_place(insert, writes_jobs=False)
+        after = store.commit_mark()
+        assert not store.jobs_unchanged(start, after) and not store.jobs_unchanged(quiet, after)
+        since = store.commit_mark()
+        await store.transact_in_place(insert)  # may have written jobs
+        await store.transact_in_place(insert, writes_jobs=False)
+        assert not store.jobs_unchanged(since, store.commit_mark())
+
+        # another connection commits between this store's COMMIT and its reading the mark
+        # after it: the change counter went up by two, the commit is not remembered
+        note = DataStore._note_jobless_commit
+
+        def late(self: DataStore, before: bytes) -> None:
+            other.execute("INSERT INTO t VALUES (3)")
+            note(self, before)
+
+        since = store.commit_mark()
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(DataStore, "_note_jobless_commit", late)
+            await store.transact_in_place(insert, writes_jobs=False)
+        assert not store.jobs_unchanged(since, store.commit_mark())
+
+        # a data_version (the WAL index unknown) is never taken for a mark
+        assert not store.jobs_unchanged(1, 2)

@@ -212,8 +212,8 @@ def commits(store: DataStore, monkeypatch: pytest.MonkeyPatch) -> list[int]:
     sa.event.listen(engine, "commit", lambda conn: seen.append(1))
     in_place = DataStore.transact_in_place
 
-    async def counted(self: DataStore, fn: Any) -> Any:
-        result = await in_place(self, fn)
+    async def counted(self: DataStore, fn: Any, **kw: Any) -> Any:
+        result = await in_place(self, fn, **kw)
         seen.append(1)
         return result
 
@@ -272,8 +272,8 @@ async def write_and_describe(url: str, cipher: Cipher) -> tuple[list[tuple[Any, 
     in_place: list[int] = []
     plain_connection = DataStore.transact_in_place
 
-    async def counted(self: DataStore, fn: Any) -> Any:
-        result = await plain_connection(self, fn)
+    async def counted(self: DataStore, fn: Any, **kw: Any) -> Any:
+        result = await plain_connection(self, fn, **kw)
         in_place.append(1)
         return result
 

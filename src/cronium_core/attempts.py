@@ -202,16 +202,20 @@ class AttemptReader:
             return _UNKNOWN
 
     def _state(self, job_id: str, conn: sqlite3.Connection) -> tuple[Any, ...] | None:
-        version: Any = self.queue.store.commit_mark()
+        store = self.queue.store
+        version: Any = store.commit_mark()
         if version is None:
             # fetchall, not fetchone: a statement left unfinished would hold its transaction
             version = conn.execute("PRAGMA data_version").fetchall()[0][0]
         as_of = self._as_of
-        if as_of is None or as_of[0] is not conn or as_of[1] != version:
-            self._states.clear()  # something was committed (or the connection is new)
-            self._as_of = (conn, version)
+        if as_of is None or as_of[0] is not conn:
+            self._states.clear()  # a new connection
+        elif as_of[1] != version and not store.jobs_unchanged(as_of[1], version):
+            self._states.clear()  # something was committed (not only variables, here)
         elif job_id in self._states:
+            self._as_of = (conn, version)
             return self._states[job_id]
+        self._as_of = (conn, version)
         rows = conn.execute(_ATTEMPT_QUERY, (job_id,)).fetchall()
         state = tuple(rows[0]) if rows else None
         if len(self._states) >= MAX_KEPT_ATTEMPTS:

@@ -77,6 +77,8 @@ IN_PLACE_MAX_BYTES = 64 * 1024
 #: in the machine's byte order
 WAL_INDEX_HEADER = 96
 WAL_INDEX_VERSION = (3007000).to_bytes(4, sys.byteorder)
+#: the in-place commits that wrote no job remembered at most (DataStore.jobs_unchanged)
+MAX_JOBLESS_COMMITS = 1024
 
 log = logging.getLogger("cronium.store")
 
@@ -162,6 +164,9 @@ class DataStore:
     #: the reader's WAL index, open as long as the reader (``None``: not known, see
     #: :meth:`commit_mark`)
     _wal_index: int | None = attrs.field(init=False, default=None)
+    #: commit marks after -> before of this store's in-place commits that wrote no job (see
+    #: :meth:`jobs_unchanged`)
+    _jobless: dict[bytes, bytes] = attrs.field(init=False, factory=dict)
     _checkpointer: _Checkpointer | None = attrs.field(init=False, default=None)
     _in_place_commits: int = attrs.field(init=False, default=0)
     #: a checkpoint left over WAL_LIMIT of frames: the next in-place write restarts the WAL first
@@ -258,7 +263,9 @@ class DataStore:
         async with self.begin() as conn:
             return await conn.run_sync(fn)
 
-    async def transact_in_place(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    async def transact_in_place(
+        self, fn: Callable[[sqlite3.Connection], T], *, writes_jobs: bool = True
+    ) -> T:
         """SQLite file only: run ``fn`` in a write transaction of its own on a plain
         ``sqlite3`` connection, on the event loop, if the database is free for writing at once;
         return what ``fn`` returns. For short transactions whose statements are known: no
@@ -276,7 +283,10 @@ class DataStore:
 
         The transaction runs without a pause, so while this process's writer lock is free it
         need not be taken (taking it costs a turn of the event loop); while it is held, the
-        transaction waits for it like any other write of this process."""
+        transaction waits for it like any other write of this process.
+
+        ``writes_jobs=False``: ``fn`` writes no row of the jobs table (a variable's write). The
+        commit is then remembered as one that changed no job (see :meth:`jobs_unchanged`)."""
         if self._write_lock.locked() or self._restart_due:
             async with self._write_lock:
                 if self._restart_due:
@@ -284,8 +294,8 @@ class DataStore:
                     # like SQLite's own automatic checkpoint, with this write waiting for it
                     # (and the ones after it, for the lock), but in a thread
                     await anyio.to_thread.run_sync(self._restart_wal)
-                return self._transact_now(fn)
-        return self._transact_now(fn)
+                return self._transact_now(fn, writes_jobs)
+        return self._transact_now(fn, writes_jobs)
 
     async def execute_in_place(
         self, statement: sa.ClauseElement, params: dict[str, Any]
@@ -318,12 +328,14 @@ class DataStore:
         except sqlite3.Error as exc:
             raise NotInPlace(f"{type(exc).__name__}: {exc}") from None
 
-    def _transact_now(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    def _transact_now(self, fn: Callable[[sqlite3.Connection], T], writes_jobs: bool) -> T:
         conn = self._in_place if self._in_place is not None else self._open_in_place()
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as exc:
             raise WriteBusy(str(exc)) from None
+        # holding the write lock: the database as it is, and as it stays until the COMMIT
+        before = None if writes_jobs else self.commit_mark()
         try:
             result = fn(conn)
             conn.execute("COMMIT")
@@ -333,6 +345,8 @@ class DataStore:
             if isinstance(exc, sqlite3.Error):
                 self._close_in_place()
             raise
+        if before is not None:
+            self._note_jobless_commit(before)
         self._in_place_commits += 1
         if self._in_place_commits >= CHECKPOINT_EVERY:
             self._in_place_commits = 0
@@ -430,6 +444,31 @@ class DataStore:
         except OSError:
             return None
 
+    def jobs_unchanged(self, since: Any, now: Any) -> bool:
+        """Whether the commits between two :meth:`commit_mark` marks, ``since`` then ``now``,
+        were all this store's own in-place commits that wrote no job (``writes_jobs=False``):
+        then no job row changed meanwhile, whatever the marks say. False when not known.
+
+        Such a commit is remembered (mark after -> mark before) only when the WAL index's
+        change counter (``iChange``, +1 per commit) says it was the only commit between the
+        mark read under its write lock and the mark read after it; a commit of anyone else in
+        between (or a torn read) leaves it out, and the caller reads again."""
+        for _ in range(len(self._jobless) + 1):
+            if now == since:
+                return True
+            now = self._jobless.get(now)
+            if now is None:
+                return False
+        return False
+
+    def _note_jobless_commit(self, before: bytes) -> None:
+        after = self.commit_mark()
+        if after is None or _change_counter(after) != (_change_counter(before) + 1) % 2**32:
+            return
+        if len(self._jobless) >= MAX_JOBLESS_COMMITS:
+            self._jobless.clear()
+        self._jobless[after] = before
+
     def _open_reader(self) -> sqlite3.Connection:
         path = self.sqlite_path
         if path is None:
@@ -444,6 +483,7 @@ class DataStore:
     def _close_reader(self) -> None:
         conn, self._reader = self._reader, None
         fd, self._wal_index = self._wal_index, None
+        self._jobless.clear()
         if fd is not None:
             os.close(fd)
         if conn is not None:
@@ -732,6 +772,11 @@ def _connect_now(path: str, *pragmas: str) -> sqlite3.Connection:
         conn.close()
         raise
     return conn
+
+
+def _change_counter(header: bytes) -> int:
+    """A WAL index header's ``iChange``, which every commit increments."""
+    return int.from_bytes(header[8:12], sys.byteorder)
 
 
 def _open_wal_index(conn: sqlite3.Connection, path: str) -> int | None:

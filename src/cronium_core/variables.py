@@ -519,7 +519,7 @@ class VariableStore:
             try:
                 # in place, on a plain sqlite3 connection, if SQLite is free for writing now
                 return await self.store.transact_in_place(
-                    functools.partial(self._write_sqlite, group, now)
+                    functools.partial(self._write_sqlite, group, now), writes_jobs=False
                 )
             except (WriteBusy, sqlite3.Error):
                 pass  # another process is writing (or SQLite said no): the usual way, below
