@@ -573,6 +573,19 @@ async def test_claim_reads_its_index_in_order(pg_url: str) -> None:
         assert "Index Scan using ix_jobs_claim" in plan and "Bitmap" not in plan, plan
 
 
+def thread_hops(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """A list that grows by the function of every trip to a worker thread from now on."""
+    hops: list[object] = []
+    run_sync = anyio.to_thread.run_sync
+
+    async def counting(fn: object, *args: object, **kw: object) -> object:
+        hops.append(fn)
+        return await run_sync(fn, *args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(anyio.to_thread, "run_sync", counting)
+    return hops
+
+
 @pytest.mark.parametrize("authoritative", [True, False], ids=["fake-clock", "database-clock"])
 async def test_a_heartbeat_in_place_writes_what_one_in_a_thread_writes(
     sqlite_url: str, authoritative: bool, monkeypatch: pytest.MonkeyPatch
@@ -591,14 +604,7 @@ async def test_a_heartbeat_in_place_writes_what_one_in_a_thread_writes(
         await queue.finish(over.id, over.lease_id or "", status=JobStatus.SUCCEEDED)
         await queue.request_cancel(there.id)
 
-        hops: list[object] = []
-        run_sync = anyio.to_thread.run_sync
-
-        async def counting(fn: object, *args: object, **kw: object) -> object:
-            hops.append(fn)
-            return await run_sync(fn, *args, **kw)  # type: ignore[arg-type]
-
-        monkeypatch.setattr(anyio.to_thread, "run_sync", counting)
+        hops = thread_hops(monkeypatch)
         beat = await queue.heartbeat(here.id, here.lease_id or "")
         assert beat.alive and not beat.cancel_requested
         gone = await queue.heartbeat(over.id, over.lease_id or "")
@@ -671,14 +677,7 @@ async def test_outputs_and_conditions_in_place_write_what_one_in_a_thread_writes
         await queue.finish(over.id, over.lease_id or "", status=JobStatus.SUCCEEDED)
         output = {"text": "é ☃ 🙂", "n": [1, 2.5, None, True], "nested": {"k": "v"}}
 
-        hops: list[object] = []
-        run_sync = anyio.to_thread.run_sync
-
-        async def counting(fn: object, *args: object, **kw: object) -> object:
-            hops.append(fn)
-            return await run_sync(fn, *args, **kw)  # type: ignore[arg-type]
-
-        monkeypatch.setattr(anyio.to_thread, "run_sync", counting)
+        hops = thread_hops(monkeypatch)
         assert await queue.set_output(here.id, here.lease_id or "", output)
         assert await queue.set_condition(here.id, here.lease_id or "", True)
         assert not await queue.set_output(over.id, over.lease_id or "", output)
