@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import sqlite3
 import time
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
 import pytest
+from anyio.from_thread import start_blocking_portal
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from cronium_core import FakeClock, Job, JobStatus, RetryPolicy, datastore
+from cronium_core import Event, FakeClock, Job, JobStatus, RetryPolicy, datastore
 from cronium_core import runtime as runtime_module
 from cronium_core.attempts import LEASE_MARGIN, AttemptReader
 from cronium_core.broker import LocalBroker
@@ -23,7 +27,7 @@ from cronium_core.engine import RunEngine
 from cronium_core.errors import InvalidToken
 from cronium_core.queue import JobQueue
 from cronium_core.variables import VariableStore
-from tests.test_runtime_api import Runtime, ok, runtime, unauthorized
+from tests.test_runtime_api import NOOP, Runtime, ok, runtime, unauthorized
 
 pytestmark = pytest.mark.anyio
 
@@ -280,3 +284,107 @@ async def test_the_events_owner_is_read_in_place_and_its_change_seen_once_rememb
             other.execute("UPDATE events SET owner = 'bob' WHERE id = ?", (job.event_id,))
         other.close()
         assert ok(await rt.call("GET", path, token))["value"] == "bob's"
+
+
+#: what happens between two attempt checks: this process's own writes in place (variables,
+#: which write no job; a heartbeat and a condition, which do), another connection's commits
+#: (a job's condition, an unrelated table, the attempt re-claimed or ended), a checkpoint that
+#: starts the WAL over (a new header, no commit), and the checks themselves
+ATTEMPT_OPS = st.lists(
+    st.sampled_from(
+        [
+            "check",
+            "variable",
+            "new_variable",
+            "heartbeat",
+            "condition",
+            "their_condition",
+            "their_write",
+            "restart",
+            "reclaimed",
+            "ended",
+        ]
+    ),
+    min_size=1,
+    max_size=30,
+)
+
+
+@pytest.mark.parametrize("wal_index", [True, False], ids=["wal-index", "data-version"])
+def test_the_attempt_check_never_answers_from_a_stale_row(
+    sqlite_url: str, wal_index: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Property, SQLite: whatever is committed between two checks, by whom, the attempt check
+    answers what the job's row says at that moment (read by another connection): the running
+    attempt with its current condition, or ``InvalidToken`` once the attempt was re-claimed or
+    ended. The shortcuts (no read while the WAL index says nothing was committed, or only this
+    process's own variable writes) must never hide a commit that changed the row."""
+    if not wal_index:  # an index of another layout than the one this code knows
+        monkeypatch.setattr(datastore, "WAL_INDEX_VERSION", b"\0\0\0\0")
+    with start_blocking_portal("asyncio") as portal:
+        stack = AsyncExitStack()
+
+        async def open_store() -> tuple[DataStore, JobQueue, VariableStore]:
+            store = DataStore(url=sqlite_url)
+            await store.start(stack, upgrade=True)
+            cipher = Cipher.from_spec(f"c1:{generate_key()}")
+            return store, JobQueue(store=store, lease_seconds=30), VariableStore(store, cipher)
+
+        store, queue, variables = portal.call(open_store)
+        assert store.sqlite_path is not None
+        other = sqlite3.connect(store.sqlite_path, isolation_level=None, check_same_thread=False)
+        other.execute("CREATE TABLE IF NOT EXISTS elsewhere (n INTEGER)")
+
+        async def play(ops: list[str]) -> None:
+            event = await store.add_event(Event(name=f"prop {uuid.uuid4()}", action=NOOP))
+            await queue.enqueue(event)
+            [job] = await queue.claim("w", 1)
+            lease = job.lease_id
+            assert lease is not None
+            reader = AttemptReader(queue)  # each example its own (the store's links stay)
+            for n, op in enumerate(ops):
+                if op == "check":
+                    status, now_lease, condition = other.execute(
+                        "SELECT status, lease_id, condition FROM jobs WHERE id = ?", (job.id,)
+                    ).fetchone()
+                    if status == JobStatus.RUNNING.value and now_lease == lease:
+                        got = await reader.running(job.id, lease)
+                        assert got.condition == (None if condition is None else bool(condition))
+                    else:
+                        with pytest.raises(InvalidToken):
+                            await reader.running(job.id, lease)
+                elif op == "variable":
+                    await variables.set("alice", "k", n)
+                elif op == "new_variable":
+                    await variables.set("alice", f"k{uuid.uuid4().hex}", n)
+                elif op == "heartbeat":
+                    await queue.heartbeat(job.id, lease)
+                elif op == "condition":
+                    await queue.set_condition(job.id, lease, n % 2 == 0)
+                elif op == "their_condition":
+                    other.execute("UPDATE jobs SET condition = ? WHERE id = ?", (n % 2, job.id))
+                elif op == "their_write":
+                    other.execute("INSERT INTO elsewhere VALUES (?)", (n,))
+                elif op == "restart":
+                    other.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+                elif op == "reclaimed":
+                    other.execute(
+                        "UPDATE jobs SET lease_id = ? WHERE id = ?", (f"lease {n}", job.id)
+                    )
+                else:  # ended
+                    other.execute(
+                        "UPDATE jobs SET status = ? WHERE id = ?",
+                        (JobStatus.SUCCEEDED.value, job.id),
+                    )
+
+        @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+        @given(ops=ATTEMPT_OPS)
+        def run(ops: list[str]) -> None:
+            portal.call(play, ops)
+
+        try:
+            run()
+            assert (store.commit_mark() is not None) is wal_index  # the shortcut in play
+        finally:
+            other.close()
+            portal.call(stack.aclose)
