@@ -782,7 +782,9 @@ def _change_counter(header: bytes) -> int:
 def _open_wal_index(conn: sqlite3.Connection, path: str) -> int | None:
     """The WAL index of ``conn``'s database, opened for :meth:`DataStore.commit_mark`, if
     the database is in WAL mode and the index's header has the version and layout expected;
-    else ``None``."""
+    else ``None`` (also where there is no ``os.pread``: Windows)."""
+    if not hasattr(os, "pread"):
+        return None
     try:
         # a read (a transaction of its own) opens the WAL and its index if there is none yet
         [(mode,)] = conn.execute("PRAGMA journal_mode").fetchall()
@@ -792,7 +794,7 @@ def _open_wal_index(conn: sqlite3.Connection, path: str) -> int | None:
     if mode != "wal":
         return None
     try:
-        fd = os.open(f"{path}-shm", os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(f"{path}-shm", os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
     except OSError:
         return None
     try:
