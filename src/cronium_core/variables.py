@@ -220,10 +220,13 @@ def _raw_time(text: str) -> datetime:
 
 def _raw_value(values: dict[str, Any], secret: bool) -> Any:
     """The value column as bound: JSON text, or SQL NULL for a secret."""
-    if secret:
-        return None
+    return None if secret else _json_text(values["value"])
+
+
+def _json_text(value: Any) -> str:
+    """A plain value as SQLAlchemy's JSON type binds it on SQLite."""
     assert _JSON_TEXT is not None
-    return _JSON_TEXT(values["value"])
+    return _JSON_TEXT(value)  # type: ignore[no-any-return]
 
 
 @attrs.define(eq=False)
@@ -571,7 +574,7 @@ class VariableStore:
         if len(group) == 1 and not group[0].secret:
             w = group[0]
             updated = conn.execute(
-                _RAW_REVALUE_KEY, (_raw_value({"value": w.value}, False), when, w.owner, w.key)
+                _RAW_REVALUE_KEY, (_json_text(w.value), when, w.owner, w.key)
             ).fetchall()
             if updated:
                 return [Variable(owner=w.owner, key=w.key, value=w.value, secret=False,
