@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import sqlite3
 import sys
+import threading
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from datetime import UTC, datetime
+from typing import Any
 
 import anyio
 import attrs
@@ -33,7 +35,7 @@ from cronium_core import (
     datastore,
     schema,
 )
-from cronium_core.datastore import DataStore, normalize_url
+from cronium_core.datastore import DataStore, WriteBusy, normalize_url
 from cronium_core.marshal import event_from_dict, event_to_dict
 
 pytestmark = pytest.mark.anyio
@@ -316,3 +318,66 @@ async def test_jobs_unchanged_only_across_the_stores_own_commits_that_wrote_no_j
 
         # a data_version (the WAL index unknown) is never taken for a mark
         assert not store.jobs_unchanged(1, 2)
+
+
+async def test_an_in_place_write_now_steps_aside_for_this_processs_writes(
+    sqlite_url: str,
+) -> None:
+    """``transact_in_place_now`` commits at once when nothing else writes; while a write of
+    this process holds the writer lock (a transaction in a thread) or a WAL restart is due,
+    it refuses without writing, and the awaited ``transact_in_place`` waits its turn."""
+    async with AsyncExitStack() as stack:
+        store = DataStore(url=sqlite_url)
+        await store.start(stack, upgrade=True)
+        path = store.sqlite_path
+        assert path is not None
+        other = sqlite3.connect(path, isolation_level=None)
+        stack.callback(other.close)
+        other.execute("CREATE TABLE t (n INTEGER)")
+
+        def insert(n: int) -> Any:
+            sql = "INSERT INTO t VALUES (?) RETURNING n"
+            return lambda conn: conn.execute(sql, (n,)).fetchall()
+
+        def rows() -> list[int]:
+            return [n for (n,) in other.execute("SELECT n FROM t ORDER BY rowid")]
+
+        assert store.transact_in_place_now(insert(1)) == [(1,)] and rows() == [1]
+
+        entered, release = anyio.Event(), threading.Event()
+
+        def slow(conn: sa.Connection) -> None:
+            anyio.from_thread.run_sync(entered.set)
+            release.wait(10)
+            conn.execute(sa.text("INSERT INTO t VALUES (2)"))
+
+        waited: list[Any] = []
+
+        async def wait_its_turn() -> None:
+            waited.append(await store.transact_in_place(insert(3)))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(store.transact, slow)
+            await entered.wait()  # the thread's transaction holds the writer lock
+            with pytest.raises(WriteBusy):
+                store.transact_in_place_now(insert(9))
+            tg.start_soon(wait_its_turn)
+            await anyio.sleep(0.05)
+            assert waited == [] and rows() == [1]
+            release.set()
+        # nothing of the refused write; the awaited one after the thread's
+        assert waited == [[(3,)]] and rows() == [1, 2, 3]
+
+        # a write of this process that holds the lock but has not begun in SQLite yet (on
+        # its way to its thread): not overtaken
+        async with store._write_lock:
+            with pytest.raises(WriteBusy):
+                store.transact_in_place_now(insert(9))
+        assert rows() == [1, 2, 3]
+
+        store._restart_due = True  # as the checkpointer sets it
+        with pytest.raises(WriteBusy):
+            store.transact_in_place_now(insert(9))
+        assert await store.transact_in_place(insert(4)) == [(4,)]  # restarts the WAL first
+        assert not store._restart_due and rows() == [1, 2, 3, 4]
+        assert store.transact_in_place_now(insert(5)) == [(5,)]

@@ -206,18 +206,32 @@ async def test_concurrent_creates_of_one_key(db_url: str, cipher: Cipher) -> Non
 
 def commits(store: DataStore, monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """A list that grows by one at every commit of a write transaction of ``store``: through
-    SQLAlchemy, or on SQLite's plain connection (``DataStore.transact_in_place``)."""
-    seen: list[int] = []
+    SQLAlchemy, or on SQLite's plain connection (``DataStore.transact_in_place``, awaited or
+    ``_now``)."""
+    seen = in_place_commits(monkeypatch)
     engine = store.thread_engine or store.engine.sync_engine
     sa.event.listen(engine, "commit", lambda conn: seen.append(1))
-    in_place = DataStore.transact_in_place
+    return seen
+
+
+def in_place_commits(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """A list that grows by one at every transaction committed on SQLite's plain connection
+    (``DataStore.transact_in_place``, awaited or ``_now``)."""
+    seen: list[int] = []
+    in_place, in_place_now = DataStore.transact_in_place, DataStore.transact_in_place_now
 
     async def counted(self: DataStore, fn: Any, **kw: Any) -> Any:
         result = await in_place(self, fn, **kw)
         seen.append(1)
         return result
 
+    def counted_now(self: DataStore, fn: Any, **kw: Any) -> Any:
+        result = in_place_now(self, fn, **kw)
+        seen.append(1)
+        return result
+
     monkeypatch.setattr(DataStore, "transact_in_place", counted)
+    monkeypatch.setattr(DataStore, "transact_in_place_now", counted_now)
     return seen
 
 
@@ -269,20 +283,12 @@ WRITTEN: list[tuple[str, Any, bool | None]] = [
 async def write_and_describe(url: str, cipher: Cipher) -> tuple[list[tuple[Any, ...]], int]:
     """Write ``WRITTEN`` (and one update) to a fresh SQLite file and read it all back; returns
     how SQLite holds the columns, and how many writes went in place."""
-    in_place: list[int] = []
-    plain_connection = DataStore.transact_in_place
-
-    async def counted(self: DataStore, fn: Any, **kw: Any) -> Any:
-        result = await plain_connection(self, fn, **kw)
-        in_place.append(1)
-        return result
-
     async with AsyncExitStack() as stack:
         store = DataStore(url=url)
         await store.start(stack, upgrade=True)
         variables = VariableStore(store, cipher)
         with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(DataStore, "transact_in_place", counted)
+            in_place = in_place_commits(patch)
             for key, value, secret in WRITTEN:
                 await variables.set("alice", key, value, secret=secret)
             await variables.set("alice", "text", "hello again")  # an update too
@@ -485,14 +491,14 @@ def held_commits(monkeypatch: pytest.MonkeyPatch) -> tuple[anyio.Event, list[int
     order."""
     gate = anyio.Event()
     sizes: list[int] = []
-    transact = VariableStore._transact
+    commit = VariableStore._commit
 
     async def held(self: VariableStore, group: list[Any]) -> Any:
         sizes.append(len(group))
         await gate.wait()
-        return await transact(self, group)
+        return await commit(self, group)
 
-    monkeypatch.setattr(VariableStore, "_transact", held)
+    monkeypatch.setattr(VariableStore, "_commit", held)
     return gate, sizes
 
 

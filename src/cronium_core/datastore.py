@@ -297,6 +297,17 @@ class DataStore:
                 return self._transact_now(fn, writes_jobs)
         return self._transact_now(fn, writes_jobs)
 
+    def transact_in_place_now(
+        self, fn: Callable[[sqlite3.Connection], T], *, writes_jobs: bool = True
+    ) -> T:
+        """:meth:`transact_in_place` without awaiting anything: :class:`WriteBusy` also when a
+        write of this process holds the writer lock or a WAL restart is due (the caller then
+        awaits :meth:`transact_in_place`, which waits its turn). A caller that cannot be
+        cancelled between its own checks and the commit, and needs no turn of the loop."""
+        if self._write_lock.locked() or self._restart_due:
+            raise WriteBusy("a write of this process is under way")
+        return self._transact_now(fn, writes_jobs)
+
     async def execute_in_place(
         self, statement: sa.ClauseElement, params: dict[str, Any]
     ) -> list[tuple[Any, ...]]:

@@ -283,9 +283,7 @@ class VariableCache:
     async def invalidate(self, keys: Iterable[tuple[str, str]]) -> None:
         """Forget these variables (after their write has committed), here and everywhere."""
         keys = builtins.list(keys)
-        self._writes += 1
-        for ident in keys:
-            self._entries.pop(ident, None)
+        self.forget_here(keys)
         if self.shared is not None and keys:
             try:
                 await self.shared.bump(keys)
@@ -295,6 +293,12 @@ class VariableCache:
                     "may read the old value for up to %g s",
                     max(self.ttl, self.shared.ttl),
                 )
+
+    def forget_here(self, keys: Iterable[tuple[str, str]]) -> None:
+        """The in-process part of :meth:`invalidate`: all of it without a shared layer."""
+        self._writes += 1
+        for ident in keys:
+            self._entries.pop(ident, None)
 
     def _keep(self, ident: tuple[str, str], row: StoredRow | None, version: str | None) -> None:
         self._entries.pop(ident, None)

@@ -308,7 +308,7 @@ class VariableStore:
             raise
         if isinstance(write.result, Variable):
             return write.result
-        assert write.result is not None  # _commit_until returns once the write has its answer
+        assert write.result is not None  # _lead returns once the write has its answer
         raise write.result
 
     async def delete(self, owner: str, key: str) -> None:
@@ -488,6 +488,8 @@ class VariableStore:
     async def _commit(self, group: builtins.list[_Write]) -> None:
         """Write ``group`` and set each write's result. Shielded: once its transaction has
         begun, a group's results must reach their callers."""
+        if not self.cache.shared and self._commit_now(group):
+            return
         with anyio.CancelScope(shield=True):
             try:
                 results = await self._transact(group)
@@ -513,6 +515,32 @@ class VariableStore:
                 # answered only now: whoever reads after its write returned sees it
                 for write, result in zip(group, results, strict=True):
                     write.result = result
+
+    def _commit_now(self, group: builtins.list[_Write]) -> bool:
+        """:meth:`_commit` without awaiting anything, so with nothing to shield: in place, if
+        SQLite is free for writing now, and the in-process cache forgotten at once (the
+        caller checked there is no shared layer). False, nothing written, when it cannot be
+        done here and now (not a SQLite file, another write under way, SQLite failed, the
+        group failed as a whole): the usual way then, which reports any real error."""
+        if self.store.sqlite_path is None:
+            return False
+        for owner in {w.owner for w in group}:
+            self._secrets.pop(owner, None)
+        try:
+            results = self.store.transact_in_place_now(
+                functools.partial(self._write_sqlite, group, self.store.clock.now()),
+                writes_jobs=False,
+            )
+        except Exception:
+            return False
+        written = [(w.owner, w.key) for w, r in zip(group, results, strict=True)
+                   if isinstance(r, Variable)]  # fmt: skip
+        for owner, _ in written:
+            self._secrets.pop(owner, None)
+        self.cache.forget_here(written)
+        for write, result in zip(group, results, strict=True):
+            write.result = result
+        return True
 
     async def _transact(self, group: builtins.list[_Write]) -> builtins.list[Variable | Exception]:
         for owner in {w.owner for w in group}:
