@@ -25,7 +25,10 @@ import anyio
 import anyio.lowlevel
 import pytest
 import sqlalchemy as sa
+from anyio.from_thread import start_blocking_portal
 from anyio.lowlevel import checkpoint as a_turn
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
 from cronium_core import FakeClock, datastore, schema
 from cronium_core.crypto import Cipher, DecryptionFailed, generate_key
@@ -33,6 +36,7 @@ from cronium_core.datastore import DataStore, NotInPlace, WriteBusy, new_id
 from cronium_core.errors import ValidationError
 from cronium_core.masking import SecretMasker
 from cronium_core.variables import (
+    ONE_BY_ONE_MAX,
     ValkeyCache,
     VariableCache,
     VariableNotFound,
@@ -440,6 +444,87 @@ async def test_a_busy_database_does_not_hold_up_the_event_loop(
         )
         assert written.value == 2 and ticks >= 20  # the loop kept running all along
         assert (await VariableStore(store, cipher).get("alice", "k")).value == 2
+
+
+#: one write of a group: key, value, secret flag (None: keep the key's)
+GROUP_WRITE = st.tuples(
+    st.sampled_from(["a", "b"]),
+    st.one_of(st.integers(0, 9), st.sampled_from(["a long secret value", "no"])),
+    st.sampled_from([None, False, True]),
+)
+#: what a key holds before the group: nothing, a plain value or a secret
+BEFORE = st.dictionaries(
+    st.sampled_from(["a", "b"]), st.sampled_from([("old", False), ("an old secret", True)])
+)
+
+
+def test_a_group_writes_what_its_writes_one_after_another_write(sqlite_url: str) -> None:
+    """Property, SQLite: writes committed as one group (small ones key by key, larger ones
+    read and written at once) give each caller the answer, and leave each key as, the same
+    writes one after another give: a refused write (a bad secret) alone refused, the writes
+    of one key in order, a key's creation time kept."""
+    with start_blocking_portal("asyncio") as portal:
+        stack = AsyncExitStack()
+
+        async def open_store() -> VariableStore:
+            store = DataStore(url=sqlite_url)
+            await store.start(stack, upgrade=True)
+            return VariableStore(store, Cipher.from_spec(KEYS))
+
+        variables = portal.call(open_store)
+
+        async def outcome(owner: str, call: Any) -> Any:
+            try:
+                got = await call
+            except ValidationError as exc:
+                return type(exc)
+            now = await variables.get(owner, got.key)
+            assert got.created_at == now.created_at  # kept from the key's first write
+            return got.key, got.value, got.secret
+
+        async def play(before: dict[str, tuple[str, bool]], writes: list[Any]) -> None:
+            owners = {way: f"{way} {uuid.uuid4().hex[:8]}" for way in ("group", "alone")}
+            for owner in owners.values():
+                for key, (value, secret) in before.items():
+                    await variables.set(owner, key, value, secret=secret)
+            answers: dict[str, list[Any]] = {"group": [None] * len(writes), "alone": []}
+
+            async def write(n: int, key: str, value: Any, secret: bool | None) -> None:
+                call = variables.set(owners["group"], key, value, secret=secret)
+                answers["group"][n] = await outcome(owners["group"], call)
+
+            with pytest.MonkeyPatch.context() as patch:
+                committed = in_place_commits(patch)
+                async with anyio.create_task_group() as tg:
+                    for n, (key, value, secret) in enumerate(writes):
+                        tg.start_soon(write, n, key, value, secret)
+            assert len(committed) <= 1  # one group (none if set() refused them all)
+            for key, value, secret in writes:
+                call = variables.set(owners["alone"], key, value, secret=secret)
+                answers["alone"].append(await outcome(owners["alone"], call))
+            assert answers["group"] == answers["alone"]
+            for key in "ab":
+                held = []
+                for owner in owners.values():
+                    try:
+                        got = await variables.get(owner, key)
+                        held.append((got.value, got.secret))
+                    except VariableNotFound:
+                        held.append(None)
+                assert held[0] == held[1], key
+
+        @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+        @given(before=BEFORE, writes=st.lists(GROUP_WRITE, min_size=1, max_size=ONE_BY_ONE_MAX + 2))
+        # a plain key made secret, then plain again, in one group: in that order
+        @example(before={"a": ("old", False)},
+                 writes=[("a", "a long secret value", True), ("a", 0, False)])  # fmt: skip
+        def run(before: dict[str, tuple[str, bool]], writes: list[Any]) -> None:
+            portal.call(play, before, writes)
+
+        try:
+            run()
+        finally:
+            portal.call(stack.aclose)
 
 
 async def test_one_refused_write_leaves_its_group_alone(variables: VariableStore) -> None:

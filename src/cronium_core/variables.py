@@ -37,7 +37,7 @@ import sqlite3
 import time
 from contextlib import AsyncExitStack
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import anyio.lowlevel
@@ -81,6 +81,9 @@ SECRETS_TTL = 1.0
 MAX_WRITE_GROUP = 200
 #: transactions tried for a group before its writes go one by one (a concurrent create)
 WRITE_TRIES = 3
+#: the largest group whose plain values are each first tried by key, one statement each
+#: (VariableStore._write_sqlite); a larger one is read at once and updated in one go
+ONE_BY_ONE_MAX = 4
 
 
 class VariableNotFound(NotFound):
@@ -594,19 +597,43 @@ class VariableStore:
         with the values bound as SQLAlchemy binds them on SQLite (JSON text, timestamps as
         ``_SQLITE_TIME`` gives them, booleans as 0/1).
 
-        A group of one plain value (the usual write: a script updating its variable) first
-        tries the update alone, by key, where the variable exists and is plain: one statement
-        instead of a read, a plan and an update. Else (a new key, a secret either side), or
-        for a group, the general way."""
+        In a small group (at most :data:`ONE_BY_ONE_MAX` writes: a script updating its
+        variable, a few at once) each plain value first tries the update alone, by key, where
+        the variable exists and is plain: one statement instead of a share of a read, a plan
+        and an update. A key whose write cannot (a new key, a secret either side) has it and
+        its later writes in the group written the general way, after the others: the writes
+        of one key stay in order, and those of different keys do not touch each other."""
         when = _SQLITE_TIME.process_bind_param(now, _SQLITE)
-        if len(group) == 1 and not group[0].secret:
-            w = group[0]
-            updated = conn.execute(
-                _RAW_REVALUE_KEY, (_json_text(w.value), when, w.owner, w.key)
-            ).fetchall()
-            if updated:
-                return [Variable(owner=w.owner, key=w.key, value=w.value, secret=False,
-                                 created_at=_raw_time(updated[0][0]), updated_at=now)]  # fmt: skip
+        if len(group) > ONE_BY_ONE_MAX:
+            return self._write_sqlite_general(group, now, when, conn)
+        answers: builtins.list[Variable | Exception | None] = [None] * len(group)
+        rest: builtins.list[int] = []
+        general: set[tuple[str, str]] = set()
+        for n, w in enumerate(group):
+            ident = (w.owner, w.key)
+            if not w.secret and ident not in general:
+                updated = conn.execute(
+                    _RAW_REVALUE_KEY, (_json_text(w.value), when, w.owner, w.key)
+                ).fetchall()
+                if updated:
+                    answers[n] = Variable(owner=w.owner, key=w.key, value=w.value,
+                                          secret=False, created_at=_raw_time(updated[0][0]),
+                                          updated_at=now)  # fmt: skip
+                    continue
+            general.add(ident)
+            rest.append(n)
+        if rest:
+            left = [group[n] for n in rest]
+            for n, answer in zip(rest, self._write_sqlite_general(left, now, when, conn),
+                                 strict=True):  # fmt: skip
+                answers[n] = answer
+        return cast(builtins.list[Variable | Exception], answers)  # each one answered
+
+    def _write_sqlite_general(
+        self, group: builtins.list[_Write], now: datetime, when: str, conn: sqlite3.Connection
+    ) -> builtins.list[Variable | Exception]:
+        """The rows read at once, each key's final state written with one statement per
+        kind (insert, update), as :meth:`_write` does."""
         idents = sorted({(w.owner, w.key) for w in group})
         rows = conn.execute(
             _RAW_READ % ",".join(["(?, ?)"] * len(idents)),
