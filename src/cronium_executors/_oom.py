@@ -47,7 +47,11 @@ class OomProbe:
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
+        #: the cgroup's OOM kill counter went up
         self.killed = False
+        #: an OOM notification came while the cgroup was there: the kernel was about to pick
+        #: a task in it and kill it
+        self.condition = False
         self._efd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
         self._control = -1
         try:
@@ -74,13 +78,25 @@ class OomProbe:
                 continue
             except OSError:
                 return
-            # the kernel notifies before it picks and kills a task: give the counter a moment
-            for _ in range(30):
-                kills = _oom_kills(self.directory)
-                if kills is None or kills > 0:
-                    self.killed = self.killed or bool(kills)
-                    break
-                await anyio.sleep(0.01)
+            kills = _oom_kills(self.directory)
+            if kills is None:
+                continue  # the cgroup is gone: the notification of its removal
+            self.condition = True
+            # the kernel notifies before it picks and kills a task: give the counter a moment,
+            # and do not let the job's end (that very kill) cut the moment short
+            with anyio.CancelScope(shield=True):
+                for _ in range(150):
+                    if kills is None or kills > 0:
+                        self.killed = self.killed or bool(kills)
+                        break
+                    await anyio.sleep(0.002)
+                    kills = _oom_kills(self.directory)
+
+    def oom_killed(self, exit_code: int | None) -> bool:
+        """Whether the job died for memory: the kill counter says so, or an OOM notification
+        came while the cgroup was there and the job then died of SIGKILL (exit code 137) —
+        the container's end can remove the cgroup before its counter is read again."""
+        return self.killed or (self.condition and exit_code == 137)
 
     def close(self) -> None:
         """Stop watching; a notification still pending is looked at first."""

@@ -628,7 +628,7 @@ class ContainerExecutor(Executor):
             if writer is not None:
                 writer.close()
         state = await self._call(self.backend.container_state, cid)
-        if oom is not None and oom.killed and not state.oom_killed:
+        if oom is not None and oom.oom_killed(state.exit_code) and not state.oom_killed:
             state = attrs.evolve(state, oom_killed=True)
         return _outcome(state)
 
