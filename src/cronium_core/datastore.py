@@ -366,6 +366,9 @@ class DataStore:
             if self._checkpointer is None:
                 self._checkpointer = _Checkpointer(path, self._wal_oversized)
             self._checkpointer.ask()
+            # let its thread have the GIL now: writes on the loop, back to back, could keep
+            # it waiting (and the WAL growing) for many switch intervals
+            time.sleep(0)
         return result
 
     def _wal_oversized(self) -> None:
