@@ -1475,6 +1475,14 @@ def test_direct_calls_answer_and_count_as_the_starlette_stack_does(sqlite_url: s
             return service, direct, stacked, job.id, tokens.mint(job)
 
         _, direct, stacked, job_id, token = portal.call(start)
+        served = {(method, template) for (method, _, _), (template, _) in direct.direct.items()}
+        assert served == {
+            ("GET", "/executions/{id}/variables/{key}"),
+            ("PUT", "/executions/{id}/variables/{key}"),
+            ("GET", "/executions/{id}/input"), ("POST", "/executions/{id}/output"),
+            ("GET", "/executions/{id}/condition"), ("POST", "/executions/{id}/condition"),
+            ("GET", "/executions/{id}/context"),
+        }  # fmt: skip
 
         async def both(method: str, path: str, auth: str | None, body: bytes | None) -> None:
             answers = []

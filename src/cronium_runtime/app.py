@@ -88,11 +88,12 @@ def create_app(
     app.state.runtime = service
     app.state.metrics = metrics
     app.metrics = metrics
-    for route in routes[:6]:  # the scripts' calls
-        assert isinstance(route, Route) and isinstance(route.app, _Endpoint) and route.methods
-        parts = route.path.split("/")
-        for method in route.methods - {"HEAD"}:
-            app.direct[(method, len(parts), parts[3])] = (route.path, route.app)
+    for route in routes:  # the scripts' calls, served straight (see _RuntimeApp)
+        if isinstance(route, Route) and route.path.startswith("/executions/{id}/"):
+            assert isinstance(route.app, _Endpoint) and route.methods
+            parts = route.path.split("/")
+            for method in route.methods - {"HEAD"}:
+                app.direct[(method, len(parts), parts[3])] = (route.path, route.app)
     return app
 
 
