@@ -491,7 +491,7 @@ class VariableStore:
     async def _commit(self, group: builtins.list[_Write]) -> None:
         """Write ``group`` and set each write's result. Shielded: once its transaction has
         begun, a group's results must reach their callers."""
-        if not self.cache.shared and self._commit_now(group):
+        if self.cache.shared is None and self._commit_now(group):
             return
         with anyio.CancelScope(shield=True):
             try:
@@ -508,11 +508,8 @@ class VariableStore:
                             results.extend(await self._transact([write]))
                         except Exception as one:
                             results.append(one)
-            written = [(w.owner, w.key) for w, r in zip(group, results, strict=True)
-                       if isinstance(r, Variable)]  # fmt: skip
+            written = self._written(group, results)
             try:
-                for owner, _ in written:
-                    self._secrets.pop(owner, None)
                 await self.cache.invalidate(written)
             finally:
                 # answered only now: whoever reads after its write returned sees it
@@ -527,8 +524,8 @@ class VariableStore:
         group failed as a whole): the usual way then, which reports any real error."""
         if self.store.sqlite_path is None:
             return False
-        for owner in {w.owner for w in group}:
-            self._secrets.pop(owner, None)
+        # nothing awaited from here to the answers: no read of the secret values can slip in
+        # between, so they are forgotten once, after the commit (see _transact)
         try:
             results = self.store.transact_in_place_now(
                 functools.partial(self._write_sqlite, group, self.store.clock.now()),
@@ -536,14 +533,20 @@ class VariableStore:
             )
         except Exception:
             return False
+        self.cache.forget_here(self._written(group, results))
+        for write, result in zip(group, results, strict=True):
+            write.result = result
+        return True
+
+    def _written(
+        self, group: builtins.list[_Write], results: builtins.list[Variable | Exception]
+    ) -> builtins.list[tuple[str, str]]:
+        """The keys that ``group`` wrote; their owners' remembered secret values forgotten."""
         written = [(w.owner, w.key) for w, r in zip(group, results, strict=True)
                    if isinstance(r, Variable)]  # fmt: skip
         for owner, _ in written:
             self._secrets.pop(owner, None)
-        self.cache.forget_here(written)
-        for write, result in zip(group, results, strict=True):
-            write.result = result
-        return True
+        return written
 
     async def _transact(self, group: builtins.list[_Write]) -> builtins.list[Variable | Exception]:
         for owner in {w.owner for w in group}:
