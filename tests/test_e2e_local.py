@@ -43,11 +43,12 @@ async def test_python_script_uses_the_runtime_api(cr: Cronium) -> None:
         Event(
             name="sdk",
             action=py(
-                "import cronium, os\n"
+                # no `import cronium`: the SDK is a global of every Python script
+                "import os\n"
                 "data = cronium.input()\n"
                 "ctx = cronium.event()\n"
                 "print('attempt', ctx['execution']['attempt'], 'of', ctx['event']['name'])\n"
-                "cronium.output({'double': data['x'] * 2, 'global': 'cronium' in dir()})\n"
+                "cronium.output({'double': data['x'] * 2, 'global': 'cronium' in globals()})\n"
                 "cronium.set_condition(cronium.get_condition() is False)\n"
                 "print('token hidden:', 'CRONIUM_EXECUTION_TOKEN' in os.environ)\n"
             ),

@@ -146,7 +146,8 @@ async def test_script_uses_every_runtime_helper(
             owner=owner,
             action=Script(
                 language="python",
-                code="import cronium\ncronium.output({'got': cronium.input()})\n",
+                # no import: the SDK is a global of Python scripts, in containers too
+                code="cronium.output({'got': cronium.input()})\n",
             ),
             executor=executor,
         )

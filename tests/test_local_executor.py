@@ -208,13 +208,16 @@ async def test_python_warm_and_cold_see_the_same_world(python_executor: LocalExe
         "print(sys.path[0] == os.path.dirname(os.path.abspath(sys.argv[0])))\n"
         "print(sys.stdin.read() == '')\n"
         "print(sys.stdout.encoding)\n"
-        "import cronium\n"
-        "print('sdk ok')\n"
+        # the SDK is a global, no import needed, and the module ``import cronium`` gives
+        "print(cronium.__name__, cronium is sys.modules['cronium'], callable(cronium.output))\n"
+        "print(__name__, __file__ == sys.argv[0], len(sys.argv))\n"
     )
     outcome = await python_executor.execute(request("python", code), log)
     assert log.stderr == []
     assert outcome.succeeded
-    assert log.stdout == ["True", "True", "True", "True", "utf-8", "sdk ok"]
+    assert log.stdout == [
+        "True", "True", "True", "True", "utf-8", "cronium True True", "__main__ True 1"
+    ]  # fmt: skip
 
 
 @needs_node

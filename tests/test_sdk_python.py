@@ -426,3 +426,53 @@ async def test_client_repr_and_bad_settings() -> None:
     assert "not an http(s) URL" in bad_url
     assert not_bool == "set_condition() takes True or False"
     assert "s3cr3t" not in out + err
+
+
+async def test_python_m_cronium_runs_a_script_as_python_would_with_the_global(
+    tmp_path: Path,
+) -> None:
+    """``python -m cronium SCRIPT ARG``: what the executors run, so that ``cronium`` is a
+    global; otherwise the script sees what ``python SCRIPT ARG`` gives it."""
+    scripts = tmp_path / "scripts"
+    scripts.mkdir()
+    (scripts / "helper.py").write_text("VALUE = 'from the script dir'\n")
+    script = scripts / "job.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import sys, helper
+            print(cronium.__name__, cronium is sys.modules["cronium"], "cronium" in globals())
+            print(__name__, __file__ == sys.argv[0], sys.argv[1:], helper.VALUE)
+            def fail():
+                raise ValueError(sys.argv[1])
+            if sys.argv[1] == "exit":
+                sys.exit(7)
+            fail()
+            """
+        )
+    )
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(SDK)}
+
+    async def run(*args: str) -> tuple[int, list[str], list[str]]:
+        result = await anyio.run_process(
+            [sys.executable, "-m", "cronium", *args], env=env, cwd=tmp_path, check=False
+        )
+        out, err = result.stdout.decode(), result.stderr.decode()
+        return result.returncode, out.splitlines(), err.splitlines()
+
+    code, out, err = await run(str(script), "exit")
+    assert (code, err) == (7, [])
+    assert out == ["cronium True True", "__main__ True ['exit'] from the script dir"]
+
+    code, out, err = await run(str(script), "boom")
+    assert code == 1
+    assert err[0] == "Traceback (most recent call last):"
+    assert err[-1] == "ValueError: boom"
+    # the script's own frames only, as `python script.py` shows them
+    assert f'  File "{script}", line 9, in <module>' in err
+    assert not any("runpy" in line or "__main__.py" in line for line in err)
+
+    code, out, err = await run(str(tmp_path / "missing.py"))
+    assert code == 2 and out == []
+    assert "can't open file" in err[-1] and "missing.py" in err[-1]
+    assert (await run())[0] == 2

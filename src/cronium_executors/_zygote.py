@@ -441,8 +441,10 @@ def _flush_stdio() -> None:
 def _run_script(path: str) -> int:
     """Run the script as the interpreter runs ``__main__``, and give its exit status."""
     interrupted = False
+    # the SDK the zygote imported, as a global too (what ``python -m cronium`` gives)
+    sdk = sys.modules.get("cronium")
     try:
-        runpy.run_path(path, run_name="__main__")
+        runpy.run_path(path, init_globals={"cronium": sdk} if sdk else None, run_name="__main__")
         code = 0
     except SystemExit as exc:
         code = _system_exit_code(exc)

@@ -456,7 +456,7 @@ class ContainerExecutor(Executor):
     def _command(self, script: Script) -> list[str]:
         path = f"{SCRIPT_DIR}/script{LANGUAGES[script.language]}"
         if script.language == "python":
-            return ["python3", path]
+            return ["python3", "-m", "cronium", path]  # the SDK a global too, as run locally
         if script.language == "node":
             return ["node", "--require", _NODE_GLOBAL, path]
         return ["bash", "-c", f'. {_BASH_SDK} || exit 1; . "$0"', path]

@@ -8,7 +8,8 @@ Each job gets:
   ``PYTHONUNBUFFERED=1`` (so that output streams live) and the request's ``env``. The worker's
   own environment never reaches a job: it holds secrets such as the database URL;
 - the SDKs (:func:`~cronium_executors._sdk.sdk_paths`) on ``PYTHONPATH`` and ``NODE_PATH``,
-  and the bash SDK sourced before a bash script;
+  ``cronium`` a global of Python and Node.js scripts (``python -m cronium``, ``node
+  --require``), and the bash SDK sourced before a bash script;
 - a session of its own, so that the job and everything it starts form one process group,
   stopped as a whole (SIGTERM, ``kill_grace`` seconds, SIGKILL) when the job is cancelled or
   times out, and when its main process ends while something it started still runs.
@@ -272,6 +273,8 @@ class LocalExecutor(Executor):
 
     def _command(self, script: Script, path: Path) -> list[str]:
         if script.language == "python":
+            if self.sdk.python:  # `cronium` as a global too (the zygote's fork gives it so)
+                return [self.settings.python, "-m", "cronium", str(path)]
             return [self.settings.python, str(path)]
         if script.language == "node":
             sdk_global = self._node_global()
@@ -303,7 +306,7 @@ class LocalExecutor(Executor):
             env = self.job_env(str(workspace.root), str(workspace.root), request.env)
             command = self._command(script, path)
             try:
-                process = await self._spawn(script, command, workspace, env)
+                process = await self._spawn(script, path, command, workspace, env)
             except OSError as exc:
                 return await _not_started(emit, f"cannot start {command[0]}: {exc.strerror or exc}")
             return await run_to_end(process, kill_grace=request.kill_grace, emit=emit)
@@ -313,13 +316,18 @@ class LocalExecutor(Executor):
                     await anyio.to_thread.run_sync(workspace.remove)
 
     async def _spawn(
-        self, script: Script, command: list[str], workspace: _Workspace, env: dict[str, str]
+        self,
+        script: Script,
+        path: Path,
+        command: list[str],
+        workspace: _Workspace,
+        env: dict[str, str],
     ) -> JobProcess:
         launcher = self._launcher
         if launcher is not None:
             cwd = str(workspace.root)
             if script.language == "python" and self.settings.warm_python and launcher.can_fork(env):
-                job = await launcher.start_job("fork", command[1:], cwd, env)
+                job = await launcher.start_job("fork", [str(path)], cwd, env)
             else:
                 job = await launcher.start_job("exec", command, cwd, env)
             if job is not None:

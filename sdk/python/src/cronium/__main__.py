@@ -1,0 +1,45 @@
+"""``python -m cronium SCRIPT [ARG ...]``: run SCRIPT as ``python SCRIPT [ARG ...]`` would, with
+the SDK already there as the global ``cronium`` (no ``import cronium`` needed), as Cronium's
+executors run Python jobs.
+
+The script is ``__main__``, ``sys.argv`` is ``[SCRIPT, ARG, ...]`` and ``sys.path[0]`` is the
+script's directory; an uncaught exception prints the script's own traceback (without this
+module's and ``runpy``'s frames) and exits with status 1; ``sys.exit`` works as usual.
+"""
+
+from __future__ import annotations
+
+import os
+import runpy
+import sys
+
+import cronium
+
+USAGE = "usage: python -m cronium SCRIPT [ARG ...]"
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0].startswith("-"):
+        print(USAGE, file=sys.stderr)
+        return 2
+    script = argv[0]
+    sys.argv = list(argv)
+    if not getattr(sys.flags, "safe_path", False):
+        # ``-m`` put the working directory first; ``python SCRIPT`` puts the script's directory
+        sys.path[0] = os.path.dirname(os.path.abspath(script))
+    try:
+        runpy.run_path(script, init_globals={"cronium": cronium}, run_name="__main__")
+    except Exception as exc:
+        tb = exc.__traceback__
+        while tb is not None and tb.tb_frame.f_code.co_filename != script:
+            tb = tb.tb_next  # from the script's first frame on, as ``python SCRIPT`` shows it
+        if tb is None and isinstance(exc, OSError):  # the script could not be read
+            print(f"python -m cronium: can't open file {script!r}: {exc}", file=sys.stderr)
+            return 2
+        sys.excepthook(type(exc), exc.with_traceback(tb), tb)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
