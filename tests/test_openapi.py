@@ -11,16 +11,17 @@ from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import jsonschema
 import pytest
 from openapi_spec_validator import validate
 from starlette.routing import Route
 
-from cronium_core import FakeClock
+from cronium_core import FakeClock, JobStatus
 from cronium_core.crypto import Cipher, generate_key
 from cronium_core.errors import ValidationError
-from cronium_core.runtime import RateLimiter
+from cronium_core.runtime import MAX_OPEN_BODIES, RateLimiter
 from cronium_core.tools import ToolContext, ToolFailed, ToolRegistry
 from cronium_core.variables import VariableStore
 from cronium_runtime import create_app
@@ -144,6 +145,7 @@ def clock() -> FakeClock:
 async def rt(sqlite_url: str, clock: FakeClock) -> AsyncIterator[Runtime]:
     async with runtime(sqlite_url, clock, max_body=4096) as value:
         value.service.limiter = None
+        value.service.body_seconds = 0.2  # a whole body arrives in a few ms here
         value.service.variables = VariableStore(
             value.store, Cipher.from_spec(f"c1:{generate_key()}")
         )
@@ -186,6 +188,13 @@ class Answers:
         return response
 
 
+async def stalled() -> AsyncIterator[bytes]:
+    """A body whose end arrives too late: the server (see ``rt``) waits 0.2 s for it."""
+    yield b'{"data": '
+    await anyio.sleep(0.5)
+    yield b"1}"
+
+
 #: (method, path, status) that the test below cannot provoke through the API alone
 UNPROVOKED = {
     ("put", "/executions/{id}/variables/{key}", "409"),  # a write race lost three times
@@ -224,6 +233,7 @@ async def test_every_documented_answer_happens_and_is_as_documented(rt: Runtime)
         if body is not None:
             await expect(400, method, template, path, token, content=b"{oops")
             await expect(413, method, template, path, token, json={"data": "x" * 5000})
+            await expect(408, method, template, path, token, content=stalled())
 
     key = var.replace("{id}", job.id)
     await expect(404, "GET", var, key.replace("{key}", "api_url"), token)
@@ -239,6 +249,7 @@ async def test_every_documented_answer_happens_and_is_as_documented(rt: Runtime)
                      token, json=body)  # fmt: skip
     await expect(400, "PUT", var, key.replace("{key}", "s"), token, json={"value": 1, "secret": 1})
     await expect(413, "PUT", var, key.replace("{key}", "s"), token, json={"value": "x" * 5000})
+    await expect(408, "PUT", var, key.replace("{key}", "s"), token, content=stalled())
 
     run = {"tool": "echo", "action": "run", "config": {"n": 1}}
     answer = await expect(200, "POST", tool, None, token, json=run)
@@ -251,6 +262,7 @@ async def test_every_documented_answer_happens_and_is_as_documented(rt: Runtime)
     await expect(401, "POST", tool, None, json=run)
     await expect(404, "POST", tool, None, token, json={**run, "tool": "slack"})
     await expect(413, "POST", tool, None, token, json={**run, "config": {"x": "y" * 5000}})
+    await expect(408, "POST", tool, None, token, content=stalled())
     answer = await expect(502, "POST", tool, None, token, json={**run, "tool": "broken"})
     assert answer.json()["error"] == "tool_failed"
     answer = await expect(500, "POST", tool, None, token, json={**run, "tool": "crashing"})
@@ -280,3 +292,94 @@ async def test_every_documented_answer_happens_and_is_as_documented(rt: Runtime)
         for status in op["responses"]
     }
     assert documented - answers.seen == UNPROVOKED
+
+
+async def trickled(started: anyio.Event, release: anyio.Event, body: bytes) -> AsyncIterator[bytes]:
+    """``body``, its first byte at once and the rest once ``release`` is set."""
+    yield body[:1]
+    started.set()
+    await release.wait()
+    yield body[1:]
+
+
+@pytest.mark.anyio
+async def test_a_body_that_arrives_after_its_job_ended_writes_nothing(rt: Runtime) -> None:
+    """RELIABILITY A2: the token was good when the headers came, the job ended while its
+    script held the body back; once the body is whole, the call is refused like a new one
+    (a variable or a tool action is not fenced on the lease the way an output is)."""
+    assert rt.service.variables is not None and rt.service.tools is not None
+    rt.service.body_seconds = 30
+    calls: list[dict[str, Any]] = []
+
+    class Recording:
+        async def execute(
+            self, action: str, config: Mapping[str, Any], context: ToolContext
+        ) -> Any:
+            calls.append(dict(config))
+            return None
+
+    rt.service.tools.add("recording", Recording())
+    job, token = await rt.running_job()
+    writes = [
+        ("PUT", f"/executions/{job.id}/variables/late", {"value": "written after the end"}),
+        ("POST", "/tool-actions/execute", {"tool": "recording", "action": "send", "config": {}}),
+        ("POST", f"/executions/{job.id}/output", {"data": "late"}),
+    ]
+    answers: list[httpx.Response] = []
+    release = anyio.Event()
+    async with anyio.create_task_group() as tg:
+        for method, path, body in writes:
+            started = anyio.Event()
+            content = trickled(started, release, json.dumps(body).encode())
+
+            async def send(method: str = method, path: str = path, content: Any = content) -> None:
+                answers.append(await rt.call(method, path, token, content=content))
+
+            tg.start_soon(send)
+            await started.wait()
+        # every call is past its token check, reading its body (white box: else the test
+        # could pass by ending the job before the calls came in at all)
+        with anyio.fail_after(5):
+            while rt.service._open_bodies.get(job.id) != len(writes):
+                await anyio.sleep(0.01)
+        assert job.lease_id is not None
+        await rt.engine.finish_job(job.id, job.lease_id, status=JobStatus.SUCCEEDED, exit_code=0)
+        release.set()
+    assert [a.status_code for a in answers] == [401] * len(writes)
+    assert rt.service._open_bodies == {}
+    owner = (await rt.store.get_event(job.event_id)).owner
+    assert [v.key for v in await rt.service.variables.list(owner)] == []
+    assert calls == []
+    assert (await rt.queue.get(job.id)).output is None
+
+
+@pytest.mark.anyio
+async def test_an_execution_has_at_most_16_bodies_arriving_at_once(rt: Runtime) -> None:
+    """Each half-sent body holds memory: the 17th of one execution is refused (429), another
+    execution is not held up, and the 16 complete once their bodies arrive."""
+    rt.service.body_seconds = 30
+    job, token = await rt.running_job()
+    other, other_token = await rt.running_job()
+    path = f"/executions/{job.id}/condition"
+    release = anyio.Event()
+    answers: list[int] = []
+    async with anyio.create_task_group() as tg:
+        for _ in range(MAX_OPEN_BODIES):
+            started = anyio.Event()
+            content = trickled(started, release, b'{"condition": true}')
+
+            async def send(content: Any = content) -> None:
+                answers.append((await rt.call("POST", path, token, content=content)).status_code)
+
+            tg.start_soon(send)
+            await started.wait()
+        with anyio.fail_after(5):
+            while rt.service._open_bodies.get(job.id) != MAX_OPEN_BODIES:
+                await anyio.sleep(0.01)
+        refused = await rt.call("POST", path, token, json={"condition": True})
+        assert refused.status_code == 429 and refused.headers["Retry-After"] == "1"
+        elsewhere = f"/executions/{other.id}/condition"
+        assert (await rt.call("POST", elsewhere, other_token, json={"condition": True})).is_success
+        release.set()
+    assert answers == [200] * MAX_OPEN_BODIES
+    assert rt.service._open_bodies == {}

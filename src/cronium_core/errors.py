@@ -154,4 +154,18 @@ class RateLimited(CroniumError):
         super().__init__(f"too many requests; retry after {retry_after:.2g} s")
 
 
-__all__ += ["ExecutionForbidden", "InvalidToken", "PayloadTooLarge", "RateLimited"]
+class RequestTimeout(CroniumError):
+    """A request's body did not arrive within ``seconds`` of its headers."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        super().__init__(f"the request body did not arrive within {seconds:g} s")
+
+
+__all__ += [
+    "ExecutionForbidden",
+    "InvalidToken",
+    "PayloadTooLarge",
+    "RateLimited",
+    "RequestTimeout",
+]

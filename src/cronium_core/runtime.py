@@ -11,7 +11,11 @@ execution id of the route into the running :class:`~cronium_core.jobs.Job` it ma
   attempt, has no (or another) lease, so its token is refused at once: ``InvalidToken``.
 
 Writes are fenced on that same ``lease_id`` by the queue, so a token that passes
-:meth:`~RuntimeService.authorize` a moment before its job ends still writes nothing.
+:meth:`~RuntimeService.authorize` a moment before its job ends still writes nothing. A call
+that sends a body (:meth:`~RuntimeService.authorize_with_body`) is checked again once the body
+has arrived, which must be within :data:`BODY_SECONDS`, with at most :data:`MAX_OPEN_BODIES` of
+one execution arriving at once: a body held back until its job has ended (a variable or a tool
+action is not fenced on the lease) writes nothing, and a script cannot pile up half-sent bodies.
 
 The attempt check runs on every call and is never cached. An attempt of this process's own
 worker is answered from memory (:class:`~cronium_core.attempts.LiveAttempts`) while the worker
@@ -38,9 +42,10 @@ import logging
 import math
 import re
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
+import anyio
 import attrs
 import sqlalchemy as sa
 from anyio.abc import TaskStatus
@@ -54,6 +59,7 @@ from .errors import (
     ExecutionForbidden,
     InvalidToken,
     RateLimited,
+    RequestTimeout,
     ValidationError,
 )
 from .events import Action, HttpRequest, Script, ToolAction
@@ -205,6 +211,12 @@ def _iso(value: Any) -> str | None:
 
 #: seconds an event's owner is remembered by the runtime API
 OWNER_CACHE_SECONDS = 5.0
+#: seconds a call's body may take to arrive after its headers (1 MiB at 100 KiB/s)
+BODY_SECONDS = 10.0
+#: bodies of one execution arriving at once (each held in memory until it is whole)
+MAX_OPEN_BODIES = 16
+
+T = TypeVar("T")
 _OWNER_QUERY = str(
     sa.select(schema.events.c.owner)
     .where(schema.events.c.id == sa.bindparam("id"))
@@ -227,18 +239,26 @@ class RuntimeService:
     tools: Any | None = attrs.field(default=None, kw_only=True)
     #: attempts run in this process (answered from memory); see :class:`LiveAttempts`
     live: LiveAttempts = attrs.field(factory=LiveAttempts, kw_only=True)
+    #: see :meth:`authorize_with_body`
+    body_seconds: float = attrs.field(default=BODY_SECONDS, kw_only=True)
+    max_open_bodies: int = attrs.field(default=MAX_OPEN_BODIES, kw_only=True)
     _attempts: AttemptReader = attrs.field(init=False, repr=False)
     _owners: dict[str, tuple[str, float]] = attrs.field(factory=dict, init=False, repr=False)
+    #: execution id -> bodies of its calls being received now
+    _open_bodies: dict[str, int] = attrs.field(factory=dict, init=False, repr=False)
 
     @_attempts.default
     def _reader(self) -> AttemptReader:
         return AttemptReader(self.queue)
 
-    async def authorize(self, token: str | None, execution_id: str | None = None) -> Job:
+    async def authorize(
+        self, token: str | None, execution_id: str | None = None, *, counted: bool = False
+    ) -> Job:
         """The running job the token may act on. ``execution_id`` is the one named by the
-        route; ``None`` for routes without one (tool actions): the token's own execution."""
+        route; ``None`` for routes without one (tool actions): the token's own execution.
+        ``counted``: this call was let in by the rate limit already (a second check)."""
         try:
-            return await self._authorize(token, execution_id)
+            return await self._authorize(token, execution_id, counted)
         except (InvalidToken, ExecutionForbidden) as exc:
             # RELIABILITY A1: each refusal is logged as an auth failure, never with the token
             reason = exc.reason if isinstance(exc, InvalidToken) else "other execution"
@@ -246,11 +266,38 @@ class RuntimeService:
             log.warning("runtime API auth failure: %s (execution %r)", reason, shown)
             raise
 
-    async def _authorize(self, token: str | None, execution_id: str | None) -> Job:
+    async def authorize_with_body(
+        self, token: str | None, execution_id: str | None, read: Callable[[], Awaitable[T]]
+    ) -> tuple[Job, T]:
+        """:meth:`authorize` for a call that sends a body, and the body ``read`` gives. A bad
+        token is refused before any of the body is read; the body must arrive within
+        ``body_seconds`` (else ``RequestTimeout``), with at most ``max_open_bodies`` of the
+        execution's arriving at once (else ``RateLimited``); then the token and the attempt
+        are checked again, so that a body that arrived after its job ended (or its token
+        expired) is refused like a new call."""
+        job = await self.authorize(token, execution_id)
+        opened = self._open_bodies.get(job.id, 0)
+        if opened >= self.max_open_bodies:
+            raise RateLimited(1.0)
+        self._open_bodies[job.id] = opened + 1
+        try:
+            with anyio.fail_after(self.body_seconds):
+                body = await read()
+        except TimeoutError:
+            raise RequestTimeout(self.body_seconds) from None
+        finally:
+            left = self._open_bodies.pop(job.id) - 1
+            if left:
+                self._open_bodies[job.id] = left
+        return await self.authorize(token, execution_id, counted=True), body
+
+    async def _authorize(
+        self, token: str | None, execution_id: str | None, counted: bool = False
+    ) -> Job:
         if not token:
             raise InvalidToken("no token")
         claims = self.tokens.verify(token)
-        if self.limiter is not None:
+        if self.limiter is not None and not counted:
             wait = self.limiter.acquire(claims.execution_id)
             if wait > 0:
                 raise RateLimited(wait)

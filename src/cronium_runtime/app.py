@@ -14,6 +14,7 @@ serves the app's Prometheus metrics (:mod:`cronium_runtime.metrics`).
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -38,6 +39,7 @@ from cronium_core.errors import (
     NotFound,
     PayloadTooLarge,
     RateLimited,
+    RequestTimeout,
     ValidationError,
 )
 from cronium_core.jobs import Job
@@ -227,6 +229,7 @@ _STATUSES: list[tuple[type[CroniumError], int, str]] = [
     (NotFound, 404, "not_found"),
     (Conflict, 409, "conflict"),
     (RateLimited, 429, "rate_limited"),
+    (RequestTimeout, 408, "request_timeout"),
     (FeatureUnavailable, 501, "not_implemented"),
     (ToolFailed, 502, "tool_failed"),
 ]
@@ -354,13 +357,21 @@ class _Handlers:
     async def _job(self, request: Request) -> Job:
         return await self.service.authorize(_bearer(request), request.path_params["id"])
 
+    async def _job_and_body(
+        self, request: Request, execution_id: str | None
+    ) -> tuple[Job, dict[str, Any]]:
+        """The job and the JSON body of a call that sends one: the token checked before the
+        body is read and again once it has arrived (``RuntimeService.authorize_with_body``)."""
+        return await self.service.authorize_with_body(
+            _bearer(request), execution_id, functools.partial(_json_object, request, self.max_body)
+        )
+
     async def get_input(self, request: Request) -> Response:
         job = await self._job(request)
         return _ok(await self.service.get_input(job))
 
     async def set_output(self, request: Request) -> Response:
-        job = await self._job(request)
-        body = await _json_object(request, self.max_body)
+        job, body = await self._job_and_body(request, request.path_params["id"])
         await self.service.set_output(job, _field(body, "data"))
         return _ok()
 
@@ -369,8 +380,7 @@ class _Handlers:
         return _ok(await self.service.get_condition(job))
 
     async def set_condition(self, request: Request) -> Response:
-        job = await self._job(request)
-        body = await _json_object(request, self.max_body)
+        job, body = await self._job_and_body(request, request.path_params["id"])
         await self.service.set_condition(job, _field(body, "condition"))
         return _ok()
 
@@ -379,11 +389,10 @@ class _Handlers:
         return _ok(await self.service.context(job))
 
     async def variable(self, request: Request) -> Response:
-        job = await self._job(request)
         key = request.path_params["key"]
         if request.method == "GET":
-            return _ok(await self.service.get_variable(job, key))
-        body = await _json_object(request, self.max_body)
+            return _ok(await self.service.get_variable(await self._job(request), key))
+        job, body = await self._job_and_body(request, request.path_params["id"])
         secret = body.get("secret")
         if secret is not None and not isinstance(secret, bool):
             raise ValidationError("secret", "must be true or false")
@@ -391,8 +400,7 @@ class _Handlers:
         return _ok()
 
     async def execute_tool_action(self, request: Request) -> Response:
-        job = await self.service.authorize(_bearer(request))
-        body = await _json_object(request, self.max_body)
+        job, body = await self._job_and_body(request, None)
         for name in ("tool", "action"):
             if not isinstance(_field(body, name), str) or not body[name]:
                 raise ValidationError(name, "must be a non-empty string")
@@ -445,7 +453,7 @@ _TOKEN = (401, 429, 500)
 #: ... and every route of one execution: another execution's id, or no route at all
 _EXECUTION = (*_TOKEN, 403, 404)
 #: ... and every route that reads a body
-_BODY = (400, 413)
+_BODY = (400, 408, 413)
 _ERROR_TEXT = {
     400: "bad request: a body that is not a JSON object, a missing field, a wrong type, a bad "
     "variable key, a value that cannot be stored (NaN, NUL, nesting over 100 levels), or a bad "
@@ -455,9 +463,11 @@ _ERROR_TEXT = {
     403: "the token belongs to another execution",
     404: "not found: the variable, the tool or the event; or no route at this path (an id "
     "or key holding '/')",
+    408: "the request body did not arrive within 10 s of its headers",
     409: "the variable is being written by someone else at the same moment; try again",
     413: "request body over the limit (1 MiB by default)",
-    429: "too many requests from this execution; `Retry-After` says when to try again",
+    429: "too many requests from this execution (or over 16 of its bodies arriving at once); "
+    "`Retry-After` says when to try again",
     500: "internal error (details in the server's log only)",
     501: "this runtime API was set up without variables or without tools",
     502: "the tool ran, but the service behind it failed (a 5xx answer, no connection)",
