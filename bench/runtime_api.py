@@ -178,10 +178,7 @@ async def serve_both(conn: Connection, db: Path, clients: int, embedded: bool = 
             # the attempts of its own worker from memory (LiveAttempts) while their leases
             # surely hold, which the worker's heartbeats renew (as `heartbeats` does here)
             for job in jobs:
-                secrets = await cr.variables.secret_values(OWNER)
-                cr.runtime.live.open(
-                    job, OWNER, secrets, leased_until=asked + cr.queue.lease_seconds
-                )
+                cr.runtime.live.open(job, OWNER, leased_until=asked + cr.queue.lease_seconds)
         # as the CLI does once started: the startup heap leaves the full collections
         freeze_heap()
         async with anyio.create_task_group() as tg:

@@ -150,3 +150,47 @@ async def test_workflow_routed_by_condition_passes_output(cr: Cronium) -> None:
     report_job = hot.nodes["report"].job_id
     assert report_job is not None
     assert [ln.text for ln in await cr.jobs.logs(report_job)] == ["report for report"]
+
+
+async def test_the_token_and_a_secret_set_while_running_are_masked(cr: Cronium) -> None:
+    """A2: the job's own token never reaches its stored logs (printed, or traced by `set -x`
+    inside the SDK); K4: a secret the script itself creates or changes while it runs is
+    masked from then on, in its logs and in its output, as are the secrets it started with."""
+    owner = "masking-user"
+    await cr.variables.set(owner, "old", "an-old-secret-value", secret=True)
+    ev = await cr.events.add(
+        Event(
+            name="masks",
+            owner=owner,
+            action=Script(
+                language="bash",
+                code=(
+                    'echo "token: $CRONIUM_EXECUTION_TOKEN"\n'
+                    'echo "old: $(cronium_get_variable old)"\n'
+                    # the SDKs set no secret flag: the API does (docs/runtime-api.md)
+                    'curl -sf -X PUT -H "Authorization: Bearer $CRONIUM_EXECUTION_TOKEN" '
+                    '-d \'{"value": "a-fresh-secret-value", "secret": true}\' '
+                    '"$CRONIUM_RUNTIME_API/executions/$CRONIUM_EXECUTION_ID/variables/fresh"'
+                    " >/dev/null\n"
+                    "cronium_set_variable old '\"the-old-one-changed\"'\n"
+                    'echo "fresh: $(cronium_get_variable fresh)"\n'
+                    'echo "changed: $(cronium_get_variable old)"\n'
+                    "set -x\n"
+                    "cronium_get_variable fresh >/dev/null\n"
+                    "set +x\n"
+                    'cronium_output "{\\"fresh\\": $(cronium_get_variable fresh), '
+                    '\\"changed\\": $(cronium_get_variable old)}"\n'
+                ),
+            ),
+        )
+    )
+    done = await cr.jobs.wait((await cr.run(ev.id)).id, timeout=30)
+    lines = [ln.text for ln in await cr.jobs.logs(done.id)]
+    assert done.status is JobStatus.SUCCEEDED, lines
+    # (the values are printed as JSON)
+    assert lines[:4] == ["token: ***", 'old: "***"', 'fresh: "***"', 'changed: "***"']
+    assert any("cronium_get_variable fresh" in line for line in lines), "set -x traced it"
+    text = "\n".join(lines)
+    for leaked in ("eyJ", "an-old-secret-value", "a-fresh-secret-value", "the-old-one-changed"):
+        assert leaked not in text
+    assert done.output == {"fresh": "***", "changed": "***"}

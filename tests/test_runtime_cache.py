@@ -164,7 +164,7 @@ async def test_live_attempt_is_trusted_from_memory_only_while_its_lease_surely_h
     failing, the process stalled), a re-claim elsewhere revokes its token on the next call."""
     retry = RetryPolicy(max_attempts=2, backoff_base=1)
     job, token1 = await rt.running_job(owner="alice", retry=retry)
-    live = rt.service.live.open(job, "alice", [], leased_until=time.monotonic() + 30)
+    live = rt.service.live.open(job, "alice", leased_until=time.monotonic() + 30)
     await warm(rt, job, token1)
     base = f"/executions/{job.id}"
     ok(await rt.call("POST", f"{base}/output", token1, json={"data": "in memory"}))
@@ -189,7 +189,7 @@ async def test_live_attempt_is_trusted_from_memory_only_while_its_lease_surely_h
 async def test_renewed_lease_extends_the_trust_in_memory(rt: Runtime) -> None:
     job, _ = await rt.running_job(owner="alice")
     assert job.lease_id is not None
-    live = rt.service.live.open(job, "alice", [], leased_until=time.monotonic() - 5)
+    live = rt.service.live.open(job, "alice", leased_until=time.monotonic() - 5)
     assert not live.surely_held
     rt.service.live.renew(job.id, "another lease", time.monotonic() + 30)
     assert not live.surely_held  # a heartbeat of another attempt renews nothing

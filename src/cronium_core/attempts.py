@@ -43,7 +43,6 @@ class LiveAttempt:
 
     job: Job
     owner: str
-    secrets: list[str] = attrs.field(factory=list, repr=False)
     output: Any = UNSET
     condition: bool | None = None
     #: ``time.monotonic()`` up to which the lease is surely this worker's (see LiveAttempts)
@@ -72,11 +71,9 @@ class LiveAttempts:
     def __init__(self) -> None:
         self._by_job: dict[str, LiveAttempt] = {}
 
-    def open(
-        self, job: Job, owner: str, secrets: list[str], *, leased_until: float = 0.0
-    ) -> LiveAttempt:
+    def open(self, job: Job, owner: str, *, leased_until: float = 0.0) -> LiveAttempt:
         """``leased_until``: a ``time.monotonic()`` before which the lease is surely held."""
-        attempt = LiveAttempt(job=job, owner=owner, secrets=secrets, leased_until=leased_until)
+        attempt = LiveAttempt(job=job, owner=owner, leased_until=leased_until)
         self._by_job[job.id] = attempt
         return attempt
 

@@ -38,6 +38,10 @@ class _Unset:
 UNSET: Any = _Unset()
 
 
+#: the job's environment variable that holds its runtime API token (a secret of its logs)
+TOKEN_VARIABLE = "CRONIUM_EXECUTION_TOKEN"
+
+
 @attrs.frozen(kw_only=True)
 class ExecutionRequest:
     job_id: str

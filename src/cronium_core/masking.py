@@ -130,9 +130,13 @@ class _Trie:
 class SecretMasker:
     """Masks the given secrets in text: ``masker.mask(line) -> str``."""
 
-    def __init__(self, secrets: Iterable[str], *, mask: str = MASK) -> None:
+    def __init__(
+        self, secrets: Iterable[str], *, mask: str = MASK, exact: Iterable[str] = ()
+    ) -> None:
+        """``exact``: texts masked only as they are, in none of the other forms (a job's own
+        runtime token: what a script prints of it is the token itself, from its environment)."""
         self.mask_text = mask
-        forms: set[str] = set()
+        forms = {text for text in exact if len(text) >= MIN_SECRET_LENGTH}
         self.ignored = 0
         for secret in secrets:
             found = secret_forms(secret)

@@ -63,6 +63,7 @@ from .errors import (
     ValidationError,
 )
 from .events import Action, HttpRequest, Script, ToolAction
+from .executors import TOKEN_VARIABLE
 from .jobs import Job
 from .masking import SecretMasker
 from .queue import JobQueue
@@ -314,17 +315,19 @@ class RuntimeService:
     async def get_input(self, job: Job) -> Any:
         return job.input if job.input is not None else {}
 
-    async def set_output(self, job: Job, data: Any) -> None:
+    async def set_output(self, job: Job, data: Any, *, token: str | None = None) -> None:
+        """Set the attempt's output. It is shown like a log: the owner's secrets (as they
+        are now: one set a moment ago too) and the attempt's own ``token`` are masked (K4)."""
         check_json_value(data, "data")
+        hidden = [token] if token else []
+        if self.variables is not None:
+            hidden += await self.variables.secret_values(await self._owner(job))
+        if hidden:
+            data = SecretMasker(hidden).mask_value(data)
         live = self.live.get(job.id, _lease(job))
         if live is not None:
-            live.output = SecretMasker(live.secrets).mask_value(data) if live.secrets else data
+            live.output = data
             return
-        if self.variables is not None:
-            # an output is shown like a log: the user's secrets do not appear in it (K4)
-            secrets = await self.variables.secret_values(await self._owner(job))
-            if secrets:
-                data = SecretMasker(secrets).mask_value(data)
         if not await self.queue.set_output(job.id, _lease(job), data):
             raise InvalidToken("attempt over (ended or re-claimed)")
 
@@ -480,6 +483,6 @@ def runtime_env(url: str, tokens: ExecutionTokens) -> Callable[[Job], dict[str, 
     """For ``Worker.runtime_env``: the API's URL and a token for the job's current attempt."""
 
     def env(job: Job) -> dict[str, str]:
-        return {"CRONIUM_RUNTIME_API": url, "CRONIUM_EXECUTION_TOKEN": tokens.mint(job)}
+        return {"CRONIUM_RUNTIME_API": url, TOKEN_VARIABLE: tokens.mint(job)}
 
     return env

@@ -30,7 +30,7 @@ from .broker import Notice
 from .engine import RunEngine
 from .errors import EventNotFound
 from .events import Event
-from .executors import UNSET, ExecutionRequest, Executor, Outcome
+from .executors import TOKEN_VARIABLE, UNSET, ExecutionRequest, Executor, Outcome
 from .jobs import Job, JobStatus, Stream
 from .masking import LineMasker, SecretMasker
 from .queue import JobQueue
@@ -46,6 +46,42 @@ LOG_FLUSH_LINES = 500
 
 def default_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
+
+
+@attrs.define(eq=False)
+class _Masking:
+    """What one job's logs, output and error are masked with: the job's own runtime token and
+    every secret of the owner's seen while it runs. The secrets are read again before each
+    batch of lines: one the script sets is masked from that batch on, and a value it changes
+    stays masked (its lines may wait in the same batch)."""
+
+    secrets: Callable[[str], Awaitable[list[str]]] | None
+    owner: str | None
+    token: str | None
+    masker: SecretMasker = attrs.field(factory=lambda: SecretMasker(()))
+    lines: LineMasker = attrs.field(init=False)
+    _known: set[str] | None = attrs.field(default=None, init=False)
+
+    @lines.default
+    def _lines(self) -> LineMasker:
+        return self.masker.lines()
+
+    async def refresh(self) -> None:
+        """The owner's secrets now; the masker rebuilt when they changed. Only the first
+        refresh raises: later, the secrets last seen stay in use while the store is away."""
+        try:
+            secrets = await self.secrets(self.owner) if self.secrets and self.owner else []
+        except Exception:
+            if self._known is None:
+                raise
+            log.warning("the secrets of %r could not be read again", self.owner, exc_info=True)
+            return
+        if self._known is None or not self._known.issuperset(secrets):
+            self._known = (self._known or set()).union(secrets)
+            token = [self.token] if self.token else []
+            # the line masker keeps what it saw of earlier batches
+            masker = SecretMasker(sorted(self._known), exact=token)
+            self.masker = self.lines.masker = masker
 
 
 @attrs.define(eq=False)
@@ -175,16 +211,22 @@ class Worker:
         lines: list[tuple[Stream, Any, str]] = []
         flush_lock = anyio.Lock()
         try:
-            event: Event | None = await self.engine.store.get_event(job.event_id)
-        except EventNotFound:
-            event = None
-        secrets = await self.secrets(event.owner) if event and self.secrets else []
-        masker = SecretMasker(secrets)
-        line_masker = masker.lines()
+            try:
+                event: Event | None = await self.engine.store.get_event(job.event_id)
+            except EventNotFound:
+                event = None
+            # built first: its token is one more secret of this job's logs and output
+            request = self._request(job, event) if event is not None else None
+            token = request.env.get(TOKEN_VARIABLE) if request is not None else None
+            masking = _Masking(self.secrets, event.owner if event else None, token)
+            await masking.refresh()
+        except Exception:
+            log.exception("job %s: could not be set up; its lease will expire", job.id)
+            self._running.pop(job.id, None)
+            self._wake.set()
+            return
         if self.live is not None:
-            self.live.open(
-                job, event.owner if event else "", secrets, leased_until=running.leased_until
-            )
+            self.live.open(job, event.owner if event else "", leased_until=running.leased_until)
 
         async def flush() -> None:
             # shielded: a batch taken from `lines` must reach the store even when the
@@ -192,7 +234,9 @@ class Worker:
             # sequence numbers in order (which the split-secret masking relies on too)
             with anyio.CancelScope(shield=True):
                 async with flush_lock:
-                    await self._flush(job, lines, line_masker)
+                    if lines:
+                        await masking.refresh()  # a secret the script set meanwhile
+                    await self._flush(job, lines, masking.lines)
 
         try:
             async with anyio.create_task_group() as tg:
@@ -210,7 +254,7 @@ class Worker:
 
                 tg.start_soon(flusher, name=f"job {job.id} logs")
                 status, exit_code, error, output, condition = await self._execute(
-                    job, event, scope, emit
+                    job, event, request, scope, emit
                 )
                 tg.cancel_scope.cancel()
             with anyio.CancelScope(shield=True):
@@ -222,6 +266,7 @@ class Worker:
                         output = attempt.output
                     if attempt.condition is not None:
                         condition = attempt.condition
+                masker = masking.masker
                 if error is not None:
                     error = masker.mask(error)
                 if output is not UNSET:
@@ -238,15 +283,19 @@ class Worker:
             self._wake.set()
 
     async def _execute(
-        self, job: Job, event: Event | None, scope: anyio.CancelScope, emit: Any
+        self,
+        job: Job,
+        event: Event | None,
+        request: ExecutionRequest | None,
+        scope: anyio.CancelScope,
+        emit: Any,
     ) -> tuple[JobStatus, int | None, str | None, Any, bool | None]:
         running = self._running[job.id]
-        if event is None:
+        if event is None or request is None:
             return JobStatus.FAILED, None, "the event was deleted", UNSET, None
         executor = self.executors.get(job.executor)
         if executor is None or not executor.can_run(event.action):
             return JobStatus.FAILED, None, f"executor {job.executor!r} cannot run it", UNSET, None
-        request = self._request(job, event)
         outcome: Outcome | None = None
         with scope:
             with anyio.move_on_after(job.timeout) as timeout_scope:

@@ -372,7 +372,7 @@ class _Handlers:
 
     async def set_output(self, request: Request) -> Response:
         job, body = await self._job_and_body(request, request.path_params["id"])
-        await self.service.set_output(job, _field(body, "data"))
+        await self.service.set_output(job, _field(body, "data"), token=_bearer(request))
         return _ok()
 
     async def get_condition(self, request: Request) -> Response:
