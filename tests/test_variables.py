@@ -1164,6 +1164,42 @@ async def test_shared_cache_keeps_two_processes_correct(
         assert not any(b"alice" in name for name in names)  # owners stay out of key names
 
 
+async def test_a_row_planted_in_the_shared_cache_under_another_name_is_not_served(
+    db_url: str, cipher: Cipher, redis_server: RedisServer
+) -> None:
+    """K2 through Valkey: whoever can write to it copies alice's cached (sealed) secret under
+    bob's key of the same name; bob's read ignores the row that is not his and reads his own
+    from the database (a row decrypts only as the variable it was sealed for)."""
+    prefix = f"test-{uuid.uuid4().hex}"
+    async with AsyncExitStack() as stack:
+        store = DataStore(url=db_url)
+        await store.start(stack, upgrade=True)
+        variables = VariableStore(store, cipher, shared(redis_server, prefix))
+        await variables.start(stack)
+        alices_secret = canary("alice")
+        await variables.set("alice", "db_password", alices_secret, secret=True)
+        await variables.set("bob", "db_password", "bob's own password", secret=True)
+        assert (await variables.get("alice", "db_password")).value == alices_secret
+
+        from valkey import asyncio as valkey
+
+        client = valkey.Valkey.from_url(redis_server.url)
+        stack.push_async_callback(client.aclose)
+        shared_layer = variables.cache.shared
+        assert shared_layer is not None
+        [alices] = await client.keys(f"{prefix}:d:*")  # the one row cached so far
+        bobs_version = await shared_layer.version("bob", "db_password")
+        await client.set(
+            f"{prefix}:d:{shared_layer._ident('bob', 'db_password')}:{bobs_version}",
+            await client.get(alices),
+        )
+        reader = VariableStore(store, cipher, shared(redis_server, prefix))  # another process
+        await reader.start(stack)
+        got = await reader.get("bob", "db_password")
+        assert (got.owner, got.value) == ("bob", "bob's own password")
+        assert reader.cache.shared_hits == 0 and reader.cache.misses == 1
+
+
 async def test_shared_cache_after_rotation(db_url: str, redis_server: RedisServer) -> None:
     # b cached rows sealed by "old"; once a rotates them, b (which dropped "old") still reads
     prefix = f"test-{uuid.uuid4().hex}"

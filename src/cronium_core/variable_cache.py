@@ -163,7 +163,13 @@ class ValkeyCache:
         if raw is None:
             return False, None
         data = json.loads(raw)
-        return True, (StoredRow.from_json(data["row"]) if data["row"] is not None else None)
+        row = StoredRow.from_json(data["row"]) if data["row"] is not None else None
+        if row is not None and (row.owner, row.key) != (owner, key):
+            # not what this process wrote there: someone with access to Valkey put another
+            # variable's row (another user's secret?) under this one's name; read the database
+            log.warning("the shared cache held another variable's row; ignored")
+            return False, None
+        return True, row
 
     async def put(self, owner: str, key: str, version: str, row: StoredRow | None) -> None:
         payload = json.dumps({"row": row.to_json() if row is not None else None})
