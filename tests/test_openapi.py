@@ -261,6 +261,10 @@ async def test_every_documented_answer_happens_and_is_as_documented(rt: Runtime)
     await expect(400, "POST", tool, None, token, json={"tool": "echo"})
     await expect(401, "POST", tool, None, json=run)
     await expect(404, "POST", tool, None, token, json={**run, "tool": "slack"})
+    # a name holding a lone surrogate (valid JSON, not UTF-8) is quoted back as an escape
+    lone = await expect(404, "POST", tool, None, token,
+                        content=b'{"tool": "\\ud800x", "action": "run"}')  # fmt: skip
+    assert "\ud800x" in lone.json()["message"]
     await expect(413, "POST", tool, None, token, json={**run, "config": {"x": "y" * 5000}})
     await expect(408, "POST", tool, None, token, content=stalled())
     answer = await expect(502, "POST", tool, None, token, json={**run, "tool": "broken"})

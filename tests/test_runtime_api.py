@@ -22,8 +22,9 @@ from cronium_core import Event, FakeClock, Job, JobStatus, RetryPolicy, Script
 from cronium_core.broker import LocalBroker
 from cronium_core.datastore import DataStore
 from cronium_core.engine import RunEngine
+from cronium_core.errors import ValidationError
 from cronium_core.queue import JobQueue
-from cronium_core.runtime import RateLimiter, RuntimeService
+from cronium_core.runtime import RateLimiter, RuntimeService, parse_keys
 from cronium_core.tokens import ExecutionTokens
 from cronium_core.workflows import Node, Workflow
 from cronium_runtime import create_app, runtime_env_factory, serve
@@ -496,3 +497,12 @@ def test_freeze_heap_exempts_what_is_alive_now() -> None:
         assert len(gc.get_objects()) < alive // 10
     finally:
         gc.unfreeze()
+
+
+def test_runtime_keys_are_parsed_and_checked() -> None:
+    keys, current = parse_keys(" k2:two , k1:one ,")
+    assert (keys, current) == ({"k2": "two", "k1": "one"}, "k2")  # the first signs
+    for spec, problem in [("", "no key given"), ("k1", "expected kid:secret"),
+                          ("k1:a,k2:b,k1:c", "'k1' is given twice")]:  # fmt: skip
+        with pytest.raises(ValidationError, match=problem):
+            parse_keys(spec)

@@ -890,6 +890,31 @@ async def test_k3_rotation_is_resumable_and_idempotent(store: DataStore) -> None
         assert set(await new_only.secret_values(owner)) == expected[owner]
 
 
+@pytest.mark.postgres
+async def test_rotation_is_not_complete_while_a_row_it_passed_by_is_under_an_old_key(
+    pg_url: str,
+) -> None:
+    """PostgreSQL: a row a writer holds locked is skipped (``SKIP LOCKED``); the run says so
+    (``complete`` False) rather than let the old key be dropped, and the next run rotates it."""
+    async with AsyncExitStack() as stack:
+        store = DataStore(url=pg_url)
+        await store.start(stack, upgrade=True)
+        old = VariableStore(store, Cipher.from_spec(f"old:{OLD}"))
+        for key in ("a", "b", "c"):
+            await old.set("alice", key, f"secret {key} value", secret=True)
+        rotating = VariableStore(store, Cipher.from_spec(KEYS))
+        async with store.begin() as holder:  # another writer, mid-transaction on "b"
+            await holder.execute(sa.select(table.c.id).where(table.c.key == "b").with_for_update())
+            first = await rotating.rotate(batch=1)
+        assert (first.rotated, first.failed, first.complete) == (2, (), False)
+        second = await rotating.rotate(batch=1)
+        assert (second.rotated, second.complete) == (1, True)
+        new_only = VariableStore(store, Cipher.from_spec(f"new:{NEW}"))
+        assert sorted(await new_only.secret_values("alice")) == [
+            "secret a value", "secret b value", "secret c value"
+        ]  # fmt: skip
+
+
 async def test_rotation_reports_what_no_key_opens(store: DataStore) -> None:
     lost = Cipher.from_spec(f"lost:{generate_key()}")
     await VariableStore(store, lost).set("alice", "gone", "sealed by a lost key", secret=True)

@@ -473,6 +473,8 @@ def parse_keys(spec: str) -> tuple[dict[str, str], str]:
         kid, sep, secret = item.partition(":")
         if not sep or not kid or not secret:
             raise ValidationError("runtime_keys", "expected kid:secret[,kid:secret...]")
+        if kid in keys:
+            raise ValidationError("runtime_keys", f"key id {kid!r} is given twice")
         keys[kid] = secret
     if not keys:
         raise ValidationError("runtime_keys", "no key given")

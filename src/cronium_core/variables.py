@@ -370,7 +370,9 @@ class VariableStore:
         write sealed it under the current key already). Stopped or killed at any point, the
         next run carries on with the rows still under an old key: rerunning is safe and, once
         done, rotates nothing. Once a run reports ``complete`` with no failures, old keys can
-        be dropped from the ring."""
+        be dropped from the ring: ``complete`` is checked at the end, so a row that the run
+        passed by (locked by a writer on PostgreSQL, or rewritten meanwhile by a process still
+        sealing with an old key) leaves it False, and another run picks the row up."""
         if batch < 1:
             raise ValidationError("batch", "must be at least 1")
         current = self.cipher.current
@@ -393,8 +395,15 @@ class VariableStore:
             async with self.store.begin() as conn:
                 rows = (await conn.execute(query)).all()
                 if not rows:
-                    return RotationReport(rotated=rotated, failed=tuple(failed),
-                                          batches=batches, complete=True)  # fmt: skip
+                    left = await conn.scalar(
+                        sa.select(sa.func.count()).where(
+                            _table.c.secret == sa.true(),
+                            sa.or_(_table.c.key_id.is_(None), _table.c.key_id != current),
+                        )
+                    )
+                    # the rows that failed to decrypt stay behind; any other one was passed by
+                    return RotationReport(rotated=rotated, failed=tuple(failed), batches=batches,
+                                          complete=(left or 0) <= len(failed))  # fmt: skip
                 updates = []
                 for r in rows:
                     context = sealing_context(r.id, r.owner, r.key)

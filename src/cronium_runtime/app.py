@@ -194,7 +194,8 @@ _encode = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",",
 
 class _JSON(JSONResponse):
     def render(self, content: Any) -> bytes:
-        return _encode(content).encode()
+        # a lone surrogate (an error message quoting a bad name) as the JSON escape \udXXX
+        return _encode(content).encode("utf-8", "backslashreplace")
 
 
 _DONE = b'{"success":true,"data":null}'
