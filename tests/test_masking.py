@@ -5,6 +5,7 @@ secrets, and short secrets that must not turn every log into asterisks."""
 from __future__ import annotations
 
 import base64
+import html
 import json
 import logging
 import os
@@ -17,7 +18,7 @@ from hypothesis import strategies as st
 
 from cronium_core.masking import MASK, MIN_SECRET_LENGTH, SecretMasker, secret_forms
 
-SECRET = 'p@ss/w0rd+"quoted" \\ ünï ' + os.urandom(6).hex()
+SECRET = 'p@ss/w0rd+"quoted" \\ ünï <it\'s!> & (*) ' + os.urandom(6).hex()
 PEM = "\n".join(
     ["-----BEGIN PRIVATE KEY-----"]
     + [base64.b64encode(os.urandom(48)).decode() for _ in range(6)]
@@ -50,6 +51,14 @@ FORMS = {
     "url-encoded keeping /": lambda s: "/path/" + quote(s),
     "form-encoded": lambda s: "a=1&p=" + quote_plus(s),
     "url-encoded lower hex": lambda s: quote(s, safe="").lower(),
+    "encodeURIComponent": lambda s: "?p=" + quote(s, safe="-_.!~*'()"),
+    "encodeURI": lambda s: quote("https://h/" + s, safe=";,/?:@&=+$-_.!~*'()#"),
+    "html-escaped": lambda s: f"<td>{html.escape(s)}</td>",
+    "html-escaped, quotes kept": lambda s: f"<p>{html.escape(s, quote=False)}</p>",
+    "xml-escaped with &#39;": lambda s: html.escape(s).replace("&#x27;", "&#39;"),
+    "json as go writes it": lambda s: (
+        json.dumps({"p": s}).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+    ),
     "traceback": lambda s: _traceback(s),
 }
 
@@ -74,6 +83,14 @@ def test_each_form_is_masked(form: str) -> None:
     assert MASK in masked
     assert leaks(SECRET, masked) == []
     assert SECRET not in masked
+
+
+def test_a_secret_of_digits_output_as_a_number_is_masked() -> None:
+    masker = SecretMasker(["98765432"])
+    output = {"pin": 98765432, "n": 7, "ok": True, "pins": [98765432.0, "98765432"]}
+    # (a float keeps what is not the secret: its ".0")
+    masked = {"pin": MASK, "n": 7, "ok": True, "pins": [MASK + ".0", MASK]}
+    assert masker.mask_value(output) == masked
 
 
 def test_base64_at_every_alignment_inside_longer_streams() -> None:

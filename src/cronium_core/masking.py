@@ -4,11 +4,17 @@
 script is likely to print it in:
 
 - raw, and each line of a multi-line secret (a PEM key printed line by line);
-- JSON-escaped (``ensure_ascii`` on and off) and Python ``repr``-escaped;
-- URL-encoded (``quote``, ``quote_plus``, upper- and lower-case hex);
+- JSON-escaped (``ensure_ascii`` on and off, and with ``<``, ``>``, ``&`` as ``\u003c``... as
+  Go and HTML-safe encoders write them) and Python ``repr``-escaped;
+- URL-encoded (``quote``, ``quote_plus``, JavaScript's ``encodeURIComponent`` and
+  ``encodeURI``, upper- and lower-case hex);
+- HTML/XML-escaped (with and without quotes, ``&#x27;`` or ``&#39;``);
 - base64 (standard and URL-safe alphabets) at each of the three byte alignments, keeping only
   the characters that depend on the secret alone, so that the secret is found inside a longer
   base64 stream (``base64("ab" + secret + ...)``) too.
+
+In an output (:meth:`SecretMasker.mask_value`) a number whose digits hold a secret is masked
+too (it becomes the mask, a string).
 
 Overlapping and adjacent secrets are masked as a whole: every match of every form is found,
 the ranges are merged, and each merged range becomes one ``***``.
@@ -36,6 +42,7 @@ stdout and half to stderr). Its limits:
 from __future__ import annotations
 
 import base64
+import html
 import json
 import logging
 import re
@@ -63,14 +70,33 @@ def secret_forms(secret: str) -> set[str]:
     forms: set[str] = set()
     for text in bases:
         forms.add(text)
-        forms.add(json.dumps(text)[1:-1])
-        forms.add(json.dumps(text, ensure_ascii=False)[1:-1])
+        for escaped in (json.dumps(text)[1:-1], json.dumps(text, ensure_ascii=False)[1:-1]):
+            forms.add(escaped)
+            forms.add(_html_safe_json(escaped))
         forms.add(repr(text)[1:-1])
-        for encoded in (quote(text, safe=""), quote(text), quote_plus(text, safe="")):
+        for encoded in (
+            quote(text, safe=""),
+            quote(text),
+            quote_plus(text, safe=""),
+            quote(text, safe=_URI_COMPONENT_SAFE),
+            quote(text, safe=_URI_SAFE),
+        ):
             forms.add(encoded)
             forms.add(_lower_hex(encoded))
+        for escaped in (html.escape(text), html.escape(text, quote=False)):
+            forms.add(escaped)
+            forms.add(escaped.replace("&#x27;", "&#39;"))
         forms.update(_base64_forms(text.encode("utf-8")))
     return {form for form in forms if len(form) >= MIN_SECRET_LENGTH}
+
+
+#: what JavaScript's encodeURIComponent and encodeURI leave as they are (besides A-Z a-z 0-9)
+_URI_COMPONENT_SAFE = "-_.!~*'()"
+_URI_SAFE = _URI_COMPONENT_SAFE + ";,/?:@&=+$#"
+
+
+def _html_safe_json(escaped: str) -> str:
+    return escaped.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
 def _lower_hex(encoded: str) -> str:
@@ -184,6 +210,10 @@ class SecretMasker:
             return value
         if isinstance(value, str):
             return self.mask(value)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            # a secret of digits, output as a number: the number goes (as the mask)
+            text = json.dumps(value)
+            return self.mask(text) if self.mask(text) != text else value
         if isinstance(value, list | tuple):
             return [self.mask_value(item) for item in value]
         if isinstance(value, dict):
