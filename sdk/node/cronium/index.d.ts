@@ -29,7 +29,7 @@ export interface Context {
     started_at: string | null;
   };
   /** null unless the execution is a node of a workflow run */
-  workflow: { run_id: string; node_id: string } | null;
+  workflow: { run_id: string; node_id: string | null } | null;
   /** the server a remote executor ran the script on, else null */
   server: Record<string, unknown> | null;
   user: { id: string };
