@@ -223,3 +223,69 @@ def test_runtime_service_on_its_own_serves_a_workers_jobs(tmp_path: Path, execut
                 proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 proc.kill()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["event", "add", "x", "--code", "@missing.py"],
+         "--code @missing.py: cannot read it: No such file or directory"),
+        (["event", "add", "x", "--code", "1", "--env", "NOEQUALS"],
+         "--env 'NOEQUALS': give NAME=VALUE"),
+        (["event", "add", "x", "--code", "1", "--executor", "nosuch"],
+         "--executor 'nosuch': no such executor here (installed: "),
+        (["event", "add", "x", "--code", "1", "--interval", "0"],
+         "argument --interval: 0 must be above 0"),
+        (["event", "add", "x", "--code", "1", "--cron", "* * * * *", "--interval", "5"],
+         "give --cron or --interval, not both"),
+        (["event", "add", "x", "--code", "1", "--cron", "61 * * * *"], "cronium: "),
+        (["run", "x", "--input", "@missing.json"],
+         "--input @missing.json: cannot read it"),
+        (["serve", "--executor-config", "{bad"], "--executor-config is not valid JSON"),
+        (["serve", "--max-jobs", "0"], "argument --max-jobs: 0 must be above 0"),
+        (["worker", "--max-jobs", "-3"], "argument --max-jobs: -3 must be above 0"),
+        (["--db", "mysql://u:p@h/db", "event", "list"],
+         "database 'mysql': give a sqlite:///FILE or postgresql://... URL"),
+        (["--db", "sqlite:////no/such/dir/x.db", "event", "list"],
+         "cronium: the database: unable to open database file"),
+        (["workflow", "run"], "cronium workflow run: give the workflow name"),
+        (["job", "logs", "nope"], "cronium: job nope not found"),
+        (["runtime"], "set CRONIUM_RUNTIME_KEYS"),
+        (["worker", "--runtime-url", "http://127.0.0.1:9"], "set CRONIUM_RUNTIME_KEYS"),
+    ],
+)  # fmt: skip
+def test_bad_input_is_one_clear_line_and_changes_nothing(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    env_keys = os.environ.pop("CRONIUM_RUNTIME_KEYS", None)
+    try:
+        result = cronium(tmp_path, *args, timeout=60)
+    finally:
+        if env_keys is not None:
+            os.environ["CRONIUM_RUNTIME_KEYS"] = env_keys
+    assert result.returncode != 0
+    assert message in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    if (tmp_path / "cli.db").exists():  # nothing was added
+        assert cronium(tmp_path, "event", "list").stdout == ""
+
+
+def test_run_follow_says_when_no_worker_claims_the_job(tmp_path: Path) -> None:
+    assert cronium(tmp_path, "event", "add", "waits", "--code", "print(1)").returncode == 0
+    env = {**os.environ, "CRONIUM_DATABASE_URL": f"sqlite:///{tmp_path / 'cli.db'}"}
+    follow = subprocess.Popen(
+        [sys.executable, "-m", "cronium_web.cli", "run", "waits", "--follow"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert follow.stderr is not None
+        hint = ""
+        while "still queued" not in hint:
+            line = follow.stderr.readline()  # the hint comes after 5 s
+            assert line, "no hint before the end of stderr"
+            hint = line
+        assert "no worker has claimed it" in hint and "'local' executor" in hint
+        assert follow.poll() is None  # still following
+    finally:
+        follow.terminate()
+        follow.wait(timeout=30)

@@ -57,7 +57,13 @@ log = logging.getLogger("cronium.cli")
 def _db(args: argparse.Namespace) -> str:
     import os
 
-    return str(args.db or os.environ.get("CRONIUM_DATABASE_URL") or DEFAULT_DB)
+    url = str(args.db or os.environ.get("CRONIUM_DATABASE_URL") or DEFAULT_DB)
+    if not url.startswith(("sqlite", "postgresql", "postgres:")):
+        scheme = url.partition(":")[0] if ":" in url else url
+        raise SystemExit(
+            f"cronium: database {scheme!r}: give a sqlite:///FILE or postgresql://... URL"
+        )
+    return url
 
 
 def _executor_config(args: argparse.Namespace) -> dict[str, Any]:
@@ -68,7 +74,7 @@ def _executor_config(args: argparse.Namespace) -> dict[str, Any]:
     raw = args.executor_config or os.environ.get("CRONIUM_EXECUTOR_CONFIG")
     if not raw:
         return {}
-    config = _json_arg(raw)
+    config = _json_arg(raw, "--executor-config")
     if not isinstance(config, dict) or not all(isinstance(v, dict) for v in config.values()):
         raise SystemExit(
             "--executor-config must be a JSON object of objects: {name: {setting: value}}"
@@ -80,15 +86,52 @@ def _executors(args: argparse.Namespace) -> list[str] | None:
     return args.executors.split(",") if args.executors else None
 
 
-def _json_arg(value: str | None) -> Any:
+def _text_arg(value: str, what: str) -> str:
+    """``value``, or the text of the file it names as ``@FILE``."""
+    if not value.startswith("@"):
+        return value
+    try:
+        return Path(value[1:]).read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise SystemExit(f"{what} {value}: cannot read it: {why}") from None
+
+
+def _json_arg(value: str | None, what: str = "--input") -> Any:
     if value is None:
         return None
-    if value.startswith("@"):
-        value = Path(value[1:]).read_text()
     try:
-        return json.loads(value)
+        return json.loads(_text_arg(value, what))
     except json.JSONDecodeError as exc:
-        raise SystemExit(f"--input is not valid JSON: {exc}") from None
+        raise SystemExit(f"{what} is not valid JSON: {exc}") from None
+
+
+def _positive(kind: type[int] | type[float]) -> Any:
+    """An argparse type: a number above zero."""
+
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"{text} must be above 0")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
+def _runtime_keys_or_exit(who: str) -> None:
+    """A runtime API and its workers in different processes must share their token keys."""
+    import os
+
+    if not os.environ.get("CRONIUM_RUNTIME_KEYS"):
+        raise SystemExit(
+            f"cronium {who}: set CRONIUM_RUNTIME_KEYS (kid:secret[,...]) to the same value in "
+            "the runtime API and in every worker: the workers sign the jobs' tokens, the "
+            "runtime API checks them"
+        )
 
 
 def _status_mark(status: JobStatus | str) -> str:
@@ -178,6 +221,8 @@ async def _report_finished(cr: Cronium, names: dict[str, str]) -> None:
 
 
 async def _worker(args: argparse.Namespace) -> int:
+    if args.runtime_url:
+        _runtime_keys_or_exit("worker --runtime-url")
     async with Cronium(
         _db(args),
         scheduler=False,
@@ -231,6 +276,7 @@ async def _runtime(args: argparse.Namespace) -> int:
     from cronium_runtime.app import create_app
     from cronium_runtime.server import serve
 
+    _runtime_keys_or_exit("runtime")
     cronium = Cronium(_db(args), worker=False, scheduler=False, upgrade=False)
     async with cronium as cr, anyio.create_task_group() as tg:
         url = await tg.start(partial(serve, create_app(cr.runtime), host=args.host, port=args.port))
@@ -282,9 +328,11 @@ def _client(args: argparse.Namespace) -> Cronium:
 
 
 def _schedule(args: argparse.Namespace) -> Schedule:
+    if args.cron and args.interval is not None:
+        raise SystemExit("give --cron or --interval, not both")
     if args.cron:
         return Cron(expression=args.cron, timezone=args.timezone)
-    if args.interval:
+    if args.interval is not None:
         return Interval(seconds=args.interval)
     return Manual()
 
@@ -299,17 +347,22 @@ async def _event_cmd(args: argparse.Namespace) -> int:
                 code = args.code
                 if code is None:
                     raise SystemExit("give the script with --code TEXT or --code @FILE")
-                if code.startswith("@"):
-                    code = await anyio.Path(code[1:]).read_text()
-                action = Script(language=args.language, code=code)
-            env = dict(item.split("=", 1) for item in args.env or [])
+                action = Script(language=args.language, code=_text_arg(code, "--code"))
+            env = dict(_pair(item, "--env") for item in args.env or [])
+            executor = "http" if args.url else args.executor
+            known = _installed_executors()
+            if executor not in known:
+                raise SystemExit(
+                    f"--executor {executor!r}: no such executor here "
+                    f"(installed: {', '.join(known)})"
+                )
             options = dict(_option(item) for item in args.option or [])
             event = await cr.events.add(
                 Event(
                     name=args.name,
                     action=action,
                     schedule=_schedule(args),
-                    executor="http" if args.url else args.executor,
+                    executor=executor,
                     executor_options=options,
                     timeout=args.timeout,
                     retry=RetryPolicy(max_attempts=args.attempts),
@@ -338,10 +391,22 @@ async def _event_cmd(args: argparse.Namespace) -> int:
     return 0
 
 
-def _option(item: str) -> tuple[str, Any]:
+def _pair(item: str, what: str) -> tuple[str, str]:
     name, sep, value = item.partition("=")
-    if not sep:
-        raise SystemExit(f"--option {item!r}: give NAME=VALUE")
+    if not sep or not name:
+        raise SystemExit(f"{what} {item!r}: give NAME=VALUE")
+    return name, value
+
+
+def _installed_executors() -> list[str]:
+    """The executors of this installation (its plugins), started here or not."""
+    from cronium_core.plugins import load_executors, make_plugin_manager
+
+    return load_executors(make_plugin_manager()).names()
+
+
+def _option(item: str) -> tuple[str, Any]:
+    name, value = _pair(item, "--option")
     try:
         return name, json.loads(value)
     except ValueError:
@@ -357,10 +422,18 @@ async def _run_cmd(args: argparse.Namespace) -> int:
     return 0
 
 
+#: seconds a followed job may wait in the queue before the CLI says so
+UNCLAIMED_HINT_SECONDS = 5.0
+
+
 async def _follow(cr: Cronium, job_id: str) -> int:
-    async for line in cr.jobs.follow(job_id):
-        stream = "" if line.stream == "stdout" else f"[{line.stream}] "
-        print(f"{stream}{line.text}", flush=True)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(_hint_if_unclaimed, cr, job_id)
+        async for line in cr.jobs.follow(job_id):
+            tg.cancel_scope.cancel()  # it runs: nothing to hint
+            stream = "" if line.stream == "stdout" else f"[{line.stream}] "
+            print(f"{stream}{line.text}", flush=True)
+        tg.cancel_scope.cancel()
     job = await cr.jobs.get(job_id)
     print_job(job)
     return 0 if job.status is JobStatus.SUCCEEDED else 1
@@ -375,6 +448,7 @@ async def _job_cmd(args: argparse.Namespace) -> int:
         elif args.action == "logs":
             if args.follow:
                 return await _follow(cr, args.job)
+            await cr.jobs.get(args.job)  # JobNotFound: said, not an empty log
             for line in await cr.jobs.logs(args.job):
                 print(f"{line.seq:>5} {line.stream:<6} {line.text}")
         elif args.action == "list":
@@ -389,9 +463,46 @@ async def _workflow_cmd(args: argparse.Namespace) -> int:
             for wf in await cr.workflows.list():
                 print(f"{wf.id}  {wf.name}  nodes={len(wf.nodes)}")
         else:
+            if not args.name:
+                raise SystemExit("cronium workflow run: give the workflow name")
             run = await cr.workflows.run(args.name, _json_arg(args.input))
             print(run.id, flush=True)
     return 0
+
+
+async def _hint_if_unclaimed(cr: Cronium, job_id: str) -> None:
+    await anyio.sleep(UNCLAIMED_HINT_SECONDS)
+    job = await cr.jobs.get(job_id)
+    if job.status is JobStatus.QUEUED and job.run_after <= _now():
+        print(
+            f"cronium: job {job_id} is still queued after {UNCLAIMED_HINT_SECONDS:g} s: no "
+            f"worker has claimed it. Is a `cronium worker` (or `cronium serve`) running with "
+            f"the {job.executor!r} executor on this database?",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _user_error(exc: BaseException) -> str | None:
+    """One line for an error the user can act on (a core error, a database or network
+    problem), None for anything else: a bug, whose traceback is shown."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    if isinstance(exc, BaseExceptionGroup):
+        found = [_user_error(inner) for inner in exc.exceptions]
+        return "; ".join(m for m in found if m) if all(found) else None
+    if isinstance(exc, CroniumError):
+        return str(exc)
+    if isinstance(exc, SQLAlchemyError):
+        cause = getattr(exc, "orig", None) or exc
+        return f"the database: {str(cause).strip().splitlines()[0]}"
+    if isinstance(exc, OSError | ImportError):
+        return str(exc)
+    return None
 
 
 def _executor_args(p: argparse.ArgumentParser) -> None:
@@ -418,17 +529,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="run everything in one process")
     p.add_argument("--demo", action="store_true", help="install and run the demo")
     p.add_argument("--exit-after-demo", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--max-jobs", type=int, default=4)
+    p.add_argument("--max-jobs", type=_positive(int), default=4)
     _executor_args(p)
     p.set_defaults(func=_serve)
 
     p = sub.add_parser("worker", help="claim and run jobs")
-    p.add_argument("--max-jobs", type=int, default=4)
+    p.add_argument("--max-jobs", type=_positive(int), default=4)
     _executor_args(p)
     p.add_argument("--id", help="worker id (default: host:pid:random)")
-    p.add_argument("--lease", type=float, default=30.0, help="lease seconds")
-    p.add_argument("--reap-interval", type=float, default=5.0)
-    p.add_argument("--poll-interval", type=float, default=1.0)
+    p.add_argument("--lease", type=_positive(float), default=30.0, help="lease seconds")
+    p.add_argument("--reap-interval", type=_positive(float), default=5.0)
+    p.add_argument("--poll-interval", type=_positive(float), default=1.0)
     p.add_argument(
         "--runtime-url",
         help="the runtime API jobs call (a `cronium runtime` service); default: this worker "
@@ -460,7 +571,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default="GET")
     p.add_argument("--cron", help="cron expression, e.g. '*/5 * * * *'")
     p.add_argument("--timezone", default="UTC", help="IANA zone for --cron")
-    p.add_argument("--interval", type=float, help="run every N seconds")
+    p.add_argument("--interval", type=_positive(float), help="run every N seconds")
     p.add_argument("--executor", default="local")
     p.add_argument(
         "--option",
@@ -469,8 +580,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="an executor option (docker/podman: image, memory, cpus, pids, network, tmp_size); "
         "VALUE is JSON or a plain string",
     )
-    p.add_argument("--timeout", type=float, default=3600.0)
-    p.add_argument("--attempts", type=int, default=1)
+    p.add_argument("--timeout", type=_positive(float), default=3600.0)
+    p.add_argument("--attempts", type=_positive(int), default=1)
     p.add_argument("--env", action="append", metavar="NAME=VALUE")
     p.set_defaults(func=_event_cmd)
 
@@ -485,7 +596,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["show", "cancel", "logs", "list"])
     p.add_argument("job", nargs="?")
     p.add_argument("--follow", "-f", action="store_true")
-    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--limit", type=_positive(int), default=50)
     p.set_defaults(func=_job_cmd)
 
     p = sub.add_parser("workflow", help="list and run workflows")
@@ -517,11 +628,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit(f"cronium job {args.action}: give the job id")
     try:
         return int(anyio.run(args.func, args, backend_options=_backend_options()))
-    except CroniumError as exc:
-        print(f"cronium: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        message = _user_error(exc)
+        if message is None:
+            raise
+        print(f"cronium: {message}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
