@@ -142,10 +142,15 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-async def rt(sqlite_url: str, clock: FakeClock) -> AsyncIterator[Runtime]:
-    async with runtime(sqlite_url, clock, max_body=4096) as value:
+def body_seconds() -> float:
+    """How long a body may take: a whole body arrives in a few ms here."""
+    return 0.2
+
+
+@pytest.fixture
+async def rt(sqlite_url: str, clock: FakeClock, body_seconds: float) -> AsyncIterator[Runtime]:
+    async with runtime(sqlite_url, clock, max_body=4096, body_seconds=body_seconds) as value:
         value.service.limiter = None
-        value.service.body_seconds = 0.2  # a whole body arrives in a few ms here
         value.service.variables = VariableStore(
             value.store, Cipher.from_spec(f"c1:{generate_key()}")
         )
@@ -307,12 +312,12 @@ async def trickled(started: anyio.Event, release: anyio.Event, body: bytes) -> A
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("body_seconds", [30.0])  # the bodies are held back for a while
 async def test_a_body_that_arrives_after_its_job_ended_writes_nothing(rt: Runtime) -> None:
     """RELIABILITY A2: the token was good when the headers came, the job ended while its
     script held the body back; once the body is whole, the call is refused like a new one
     (a variable or a tool action is not fenced on the lease the way an output is)."""
     assert rt.service.variables is not None and rt.service.tools is not None
-    rt.service.body_seconds = 30
     calls: list[dict[str, Any]] = []
 
     class Recording:
@@ -358,10 +363,10 @@ async def test_a_body_that_arrives_after_its_job_ended_writes_nothing(rt: Runtim
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("body_seconds", [30.0])
 async def test_an_execution_has_at_most_16_bodies_arriving_at_once(rt: Runtime) -> None:
     """Each half-sent body holds memory: the 17th of one execution is refused (429), another
     execution is not held up, and the 16 complete once their bodies arrive."""
-    rt.service.body_seconds = 30
     job, token = await rt.running_job()
     other, other_token = await rt.running_job()
     path = f"/executions/{job.id}/condition"

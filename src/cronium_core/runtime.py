@@ -13,9 +13,10 @@ execution id of the route into the running :class:`~cronium_core.jobs.Job` it ma
 Writes are fenced on that same ``lease_id`` by the queue, so a token that passes
 :meth:`~RuntimeService.authorize` a moment before its job ends still writes nothing. A call
 that sends a body (:meth:`~RuntimeService.authorize_with_body`) is checked again once the body
-has arrived, which must be within :data:`BODY_SECONDS`, with at most :data:`MAX_OPEN_BODIES` of
-one execution arriving at once: a body held back until its job has ended (a variable or a tool
-action is not fenced on the lease) writes nothing, and a script cannot pile up half-sent bodies.
+has arrived if that took a while, with at most :data:`MAX_OPEN_BODIES` of one execution arriving
+at once: a body held back until its job has ended (a variable or a tool action is not fenced on
+the lease) writes nothing, and a script cannot pile up half-sent bodies (the HTTP layer gives
+a body :data:`BODY_SECONDS` to arrive).
 
 The attempt check runs on every call and is never cached. An attempt of this process's own
 worker is answered from memory (:class:`~cronium_core.attempts.LiveAttempts`) while the worker
@@ -45,7 +46,6 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-import anyio
 import attrs
 import sqlalchemy as sa
 from anyio.abc import TaskStatus
@@ -59,7 +59,6 @@ from .errors import (
     ExecutionForbidden,
     InvalidToken,
     RateLimited,
-    RequestTimeout,
     ValidationError,
 )
 from .events import Action, HttpRequest, Script, ToolAction
@@ -216,6 +215,9 @@ OWNER_CACHE_SECONDS = 5.0
 BODY_SECONDS = 10.0
 #: bodies of one execution arriving at once (each held in memory until it is whole)
 MAX_OPEN_BODIES = 16
+#: a body that took longer than this to arrive has its token and attempt checked again (one
+#: that came with its headers is as fresh as the check made on them)
+RECHECK_AFTER = 0.001
 
 T = TypeVar("T")
 _OWNER_QUERY = str(
@@ -241,7 +243,6 @@ class RuntimeService:
     #: attempts run in this process (answered from memory); see :class:`LiveAttempts`
     live: LiveAttempts = attrs.field(factory=LiveAttempts, kw_only=True)
     #: see :meth:`authorize_with_body`
-    body_seconds: float = attrs.field(default=BODY_SECONDS, kw_only=True)
     max_open_bodies: int = attrs.field(default=MAX_OPEN_BODIES, kw_only=True)
     _attempts: AttemptReader = attrs.field(init=False, repr=False)
     _owners: dict[str, tuple[str, float]] = attrs.field(factory=dict, init=False, repr=False)
@@ -270,27 +271,27 @@ class RuntimeService:
     async def authorize_with_body(
         self, token: str | None, execution_id: str | None, read: Callable[[], Awaitable[T]]
     ) -> tuple[Job, T]:
-        """:meth:`authorize` for a call that sends a body, and the body ``read`` gives. A bad
-        token is refused before any of the body is read; the body must arrive within
-        ``body_seconds`` (else ``RequestTimeout``), with at most ``max_open_bodies`` of the
-        execution's arriving at once (else ``RateLimited``); then the token and the attempt
-        are checked again, so that a body that arrived after its job ended (or its token
-        expired) is refused like a new call."""
+        """:meth:`authorize` for a call that sends a body, and the body ``read`` gives (which
+        bounds the time it takes: the HTTP layer's concern). A bad token is refused before any
+        of the body is read, and at most ``max_open_bodies`` bodies of one execution are
+        arriving at once (else ``RateLimited``). A body that took longer than
+        :data:`RECHECK_AFTER` has the token and the attempt checked again, so that one that
+        arrived after its job ended (or its token expired) is refused like a new call."""
         job = await self.authorize(token, execution_id)
         opened = self._open_bodies.get(job.id, 0)
         if opened >= self.max_open_bodies:
             raise RateLimited(1.0)
         self._open_bodies[job.id] = opened + 1
+        started = time.monotonic()
         try:
-            with anyio.fail_after(self.body_seconds):
-                body = await read()
-        except TimeoutError:
-            raise RequestTimeout(self.body_seconds) from None
+            body = await read()
         finally:
             left = self._open_bodies.pop(job.id) - 1
             if left:
                 self._open_bodies[job.id] = left
-        return await self.authorize(token, execution_id, counted=True), body
+        if time.monotonic() - started > RECHECK_AFTER:
+            job = await self.authorize(token, execution_id, counted=True)
+        return job, body
 
     async def _authorize(
         self, token: str | None, execution_id: str | None, counted: bool = False

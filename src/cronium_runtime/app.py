@@ -14,6 +14,7 @@ serves the app's Prometheus metrics (:mod:`cronium_runtime.metrics`).
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import logging
@@ -43,7 +44,7 @@ from cronium_core.errors import (
     ValidationError,
 )
 from cronium_core.jobs import Job
-from cronium_core.runtime import FeatureUnavailable, RuntimeService
+from cronium_core.runtime import BODY_SECONDS, FeatureUnavailable, RuntimeService
 from cronium_core.tools import ToolFailed
 
 from .metrics import CONTENT_TYPE, MetricsMiddleware, RuntimeMetrics
@@ -58,13 +59,18 @@ TOKEN_MESSAGE = "missing, invalid, expired or revoked execution token"
 
 
 def create_app(
-    service: RuntimeService, *, max_body: int = MAX_BODY, metrics: RuntimeMetrics | None = None
+    service: RuntimeService,
+    *,
+    max_body: int = MAX_BODY,
+    body_seconds: float = BODY_SECONDS,
+    metrics: RuntimeMetrics | None = None,
 ) -> Starlette:
     """The runtime API app. ``max_body``: the largest request body taken, in bytes;
+    ``body_seconds``: how long a body may take to arrive after its headers (else 408);
     ``metrics``: where to count requests (by default a registry of this app's own), also
     found on ``app.state.metrics``."""
     metrics = metrics if metrics is not None else RuntimeMetrics(service=service)
-    api = _Handlers(service, max_body, metrics)
+    api = _Handlers(service, max_body, metrics, body_seconds)
     # the router tries the routes in order (a regex match each): the scripts' calls first
     routes: list[BaseRoute] = [
         Route("/executions/{id}/variables/{key}", _Endpoint(api.variable), methods=["GET", "PUT"]),
@@ -347,9 +353,16 @@ async def _openapi(request: Request) -> Response:
 
 
 class _Handlers:
-    def __init__(self, service: RuntimeService, max_body: int, metrics: RuntimeMetrics) -> None:
+    def __init__(
+        self,
+        service: RuntimeService,
+        max_body: int,
+        metrics: RuntimeMetrics,
+        body_seconds: float,
+    ) -> None:
         self.service = service
         self.max_body = max_body
+        self.body_seconds = body_seconds
         self._metrics = metrics
 
     async def metrics(self, request: Request) -> Response:
@@ -364,8 +377,17 @@ class _Handlers:
         """The job and the JSON body of a call that sends one: the token checked before the
         body is read and again once it has arrived (``RuntimeService.authorize_with_body``)."""
         return await self.service.authorize_with_body(
-            _bearer(request), execution_id, functools.partial(_json_object, request, self.max_body)
+            _bearer(request), execution_id, functools.partial(self._body, request)
         )
+
+    async def _body(self, request: Request) -> dict[str, Any]:
+        """The JSON body, which must arrive within ``body_seconds`` of the headers: a body
+        held back holds memory (uvicorn has no such limit of its own)."""
+        try:
+            async with asyncio.timeout(self.body_seconds):
+                return await _json_object(request, self.max_body)
+        except TimeoutError:
+            raise RequestTimeout(self.body_seconds) from None
 
     async def get_input(self, request: Request) -> Response:
         job = await self._job(request)
