@@ -20,6 +20,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from cronium_core import FakeClock, JobStatus
+from cronium_executors._sdk import PYTHON_WITH_SDK
 from cronium_runtime import serve
 from tests.test_runtime_api import Runtime, runtime
 
@@ -428,11 +429,15 @@ async def test_client_repr_and_bad_settings() -> None:
     assert "s3cr3t" not in out + err
 
 
-async def test_python_m_cronium_runs_a_script_as_python_would_with_the_global(
-    tmp_path: Path,
+@pytest.mark.parametrize(
+    "launcher", [["-m", "cronium"], ["-c", PYTHON_WITH_SDK]], ids=["python -m cronium", "executors"]
+)
+async def test_a_script_runs_as_python_would_with_the_sdk_a_global(
+    tmp_path: Path, launcher: list[str]
 ) -> None:
-    """``python -m cronium SCRIPT ARG``: what the executors run, so that ``cronium`` is a
-    global; otherwise the script sees what ``python SCRIPT ARG`` gives it."""
+    """``python -m cronium SCRIPT ARG`` (for people) and ``python -c PYTHON_WITH_SDK SCRIPT
+    ARG`` (what the executors run): ``cronium`` is a global; otherwise the script sees what
+    ``python SCRIPT ARG`` gives it."""
     scripts = tmp_path / "scripts"
     scripts.mkdir()
     (scripts / "helper.py").write_text("VALUE = 'from the script dir'\n")
@@ -455,7 +460,7 @@ async def test_python_m_cronium_runs_a_script_as_python_would_with_the_global(
 
     async def run(*args: str) -> tuple[int, list[str], list[str]]:
         result = await anyio.run_process(
-            [sys.executable, "-m", "cronium", *args], env=env, cwd=tmp_path, check=False
+            [sys.executable, *launcher, *args], env=env, cwd=tmp_path, check=False
         )
         out, err = result.stdout.decode(), result.stderr.decode()
         return result.returncode, out.splitlines(), err.splitlines()
@@ -470,7 +475,10 @@ async def test_python_m_cronium_runs_a_script_as_python_would_with_the_global(
     assert err[-1] == "ValueError: boom"
     # the script's own frames only, as `python script.py` shows them
     assert f'  File "{script}", line 9, in <module>' in err
-    assert not any("runpy" in line or "__main__.py" in line for line in err)
+    assert not any(
+        machinery in line for line in err for machinery in ("runpy", "__main__.py", "_run.py")
+    )
+    assert sum(line.startswith("  File ") for line in err) == 2  # <module>, then fail()
 
     code, out, err = await run(str(tmp_path / "missing.py"))
     assert code == 2 and out == []

@@ -17,7 +17,12 @@ from pathlib import Path
 
 import attrs
 
-__all__ = ["SdkPaths", "sdk_paths"]
+__all__ = ["PYTHON_WITH_SDK", "SdkPaths", "sdk_paths"]
+
+#: ``python -c PYTHON_WITH_SDK SCRIPT [ARG ...]`` runs SCRIPT as ``python SCRIPT`` would, with
+#: the SDK a global (``cronium._run``); ``python -m cronium`` does too, but its ``runpy`` costs
+#: ~10 ms a start
+PYTHON_WITH_SDK = "import cronium._run; cronium._run.main()"
 
 _PACKAGE = Path(__file__).resolve().parent
 

@@ -82,6 +82,7 @@ from ._container_engine import (
 from ._lines import LineSplitter
 from ._oom import OomProbe
 from ._process import signal_name
+from ._sdk import PYTHON_WITH_SDK
 
 __all__ = [
     "Backend",
@@ -456,7 +457,7 @@ class ContainerExecutor(Executor):
     def _command(self, script: Script) -> list[str]:
         path = f"{SCRIPT_DIR}/script{LANGUAGES[script.language]}"
         if script.language == "python":
-            return ["python3", "-m", "cronium", path]  # the SDK a global too, as run locally
+            return ["python3", "-c", PYTHON_WITH_SDK, path]  # the SDK a global, as run locally
         if script.language == "node":
             return ["node", "--require", _NODE_GLOBAL, path]
         return ["bash", "-c", f'. {_BASH_SDK} || exit 1; . "$0"', path]

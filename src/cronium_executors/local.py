@@ -8,7 +8,7 @@ Each job gets:
   ``PYTHONUNBUFFERED=1`` (so that output streams live) and the request's ``env``. The worker's
   own environment never reaches a job: it holds secrets such as the database URL;
 - the SDKs (:func:`~cronium_executors._sdk.sdk_paths`) on ``PYTHONPATH`` and ``NODE_PATH``,
-  ``cronium`` a global of Python and Node.js scripts (``python -m cronium``, ``node
+  ``cronium`` a global of Python and Node.js scripts (``python -c PYTHON_WITH_SDK``, ``node
   --require``), and the bash SDK sourced before a bash script;
 - a session of its own, so that the job and everything it starts form one process group,
   stopped as a whole (SIGTERM, ``kill_grace`` seconds, SIGKILL) when the job is cancelled or
@@ -73,7 +73,7 @@ from cronium_core.plugins import ExecutorRegistry
 
 from ._launcher import Launcher
 from ._process import ColdProcess, JobProcess, run_to_end
-from ._sdk import SdkPaths, sdk_paths
+from ._sdk import PYTHON_WITH_SDK, SdkPaths, sdk_paths
 
 __all__ = [
     "LocalExecutor",
@@ -274,7 +274,7 @@ class LocalExecutor(Executor):
     def _command(self, script: Script, path: Path) -> list[str]:
         if script.language == "python":
             if self.sdk.python:  # `cronium` as a global too (the zygote's fork gives it so)
-                return [self.settings.python, "-m", "cronium", str(path)]
+                return [self.settings.python, "-c", PYTHON_WITH_SDK, str(path)]
             return [self.settings.python, str(path)]
         if script.language == "node":
             sdk_global = self._node_global()

@@ -14,6 +14,7 @@ import runpy
 import sys
 
 import cronium
+from cronium._run import report, script_traceback
 
 USAGE = "usage: python -m cronium SCRIPT [ARG ...]"
 
@@ -30,13 +31,10 @@ def main(argv: list[str]) -> int:
     try:
         runpy.run_path(script, init_globals={"cronium": cronium}, run_name="__main__")
     except Exception as exc:
-        tb = exc.__traceback__
-        while tb is not None and tb.tb_frame.f_code.co_filename != script:
-            tb = tb.tb_next  # from the script's first frame on, as ``python SCRIPT`` shows it
-        if tb is None and isinstance(exc, OSError):  # the script could not be read
+        if isinstance(exc, OSError) and script_traceback(exc.__traceback__, script) is None:
             print(f"python -m cronium: can't open file {script!r}: {exc}", file=sys.stderr)
-            return 2
-        sys.excepthook(type(exc), exc.with_traceback(tb), tb)
+            return 2  # the script could not be read
+        report(exc, script)
         return 1
     return 0
 
