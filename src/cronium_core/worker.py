@@ -53,18 +53,29 @@ class _Masking:
     """What one job's logs, output and error are masked with: the job's own runtime token and
     every secret of the owner's seen while it runs. The secrets are read again before each
     batch of lines: one the script sets is masked from that batch on, and a value it changes
-    stays masked (its lines may wait in the same batch)."""
+    stays masked (its lines may wait in the same batch). The masker is built when first
+    needed (its pattern costs ~0.3 ms; a job that prints nothing never needs one)."""
 
     secrets: Callable[[str], Awaitable[list[str]]] | None
     owner: str | None
     token: str | None
-    masker: SecretMasker = attrs.field(factory=lambda: SecretMasker(()))
-    lines: LineMasker = attrs.field(init=False)
     _known: set[str] | None = attrs.field(default=None, init=False)
+    _masker: SecretMasker | None = attrs.field(default=None, init=False)
+    #: keeps what it saw of earlier batches across rebuilds of the masker
+    _lines: LineMasker = attrs.field(factory=lambda: LineMasker(SecretMasker(())), init=False)
 
-    @lines.default
-    def _lines(self) -> LineMasker:
-        return self.masker.lines()
+    @property
+    def masker(self) -> SecretMasker:
+        if self._masker is None:
+            token = [self.token] if self.token else []
+            self._masker = SecretMasker(sorted(self._known or ()), exact=token)
+            self._lines.masker = self._masker
+        return self._masker
+
+    @property
+    def lines(self) -> LineMasker:
+        self._lines.masker = self.masker
+        return self._lines
 
     async def refresh(self) -> None:
         """The owner's secrets now; the masker rebuilt when they changed. Only the first
@@ -78,10 +89,7 @@ class _Masking:
             return
         if self._known is None or not self._known.issuperset(secrets):
             self._known = (self._known or set()).union(secrets)
-            token = [self.token] if self.token else []
-            # the line masker keeps what it saw of earlier batches
-            masker = SecretMasker(sorted(self._known), exact=token)
-            self.masker = self.lines.masker = masker
+            self._masker = None  # built again when next needed
 
 
 @attrs.define(eq=False)
@@ -236,7 +244,7 @@ class Worker:
                 async with flush_lock:
                     if lines:
                         await masking.refresh()  # a secret the script set meanwhile
-                    await self._flush(job, lines, masking.lines)
+                        await self._flush(job, lines, masking.lines)
 
         try:
             async with anyio.create_task_group() as tg:
@@ -266,11 +274,10 @@ class Worker:
                         output = attempt.output
                     if attempt.condition is not None:
                         condition = attempt.condition
-                masker = masking.masker
                 if error is not None:
-                    error = masker.mask(error)
+                    error = masking.masker.mask(error)
                 if output is not UNSET:
-                    output = masker.mask_value(output)
+                    output = masking.masker.mask_value(output)
                 await self._record(running, status, exit_code, error, output, condition)
         except Exception:
             # one job's bookkeeping failing (the database went away, ...) must not take the
