@@ -246,10 +246,12 @@ def test_runtime_service_on_its_own_serves_a_workers_jobs(tmp_path: Path, execut
         (["worker", "--max-jobs", "-3"], "argument --max-jobs: -3 must be above 0"),
         (["--db", "mysql://u:p@h/db", "event", "list"],
          "database 'mysql': give a sqlite:///FILE or postgresql://... URL"),
-        (["--db", "sqlite:////no/such/dir/x.db", "event", "list"],
+        (["--db", "sqlite:////no/such/dir/x.db", "event", "add", "x", "--code", "1"],
          "cronium: the database: unable to open database file"),
         (["workflow", "run"], "cronium workflow run: give the workflow name"),
         (["job", "logs", "nope"], "cronium: job nope not found"),
+        (["event", "list"], "cli.db (`cronium serve`, `cronium db upgrade` or"),  # none made
+        (["db", "check"], "cronium: no database at"),
         (["runtime"], "set CRONIUM_RUNTIME_KEYS"),
         (["worker", "--runtime-url", "http://127.0.0.1:9"], "set CRONIUM_RUNTIME_KEYS"),
     ],
@@ -257,6 +259,8 @@ def test_runtime_service_on_its_own_serves_a_workers_jobs(tmp_path: Path, execut
 def test_bad_input_is_one_clear_line_and_changes_nothing(
     tmp_path: Path, args: list[str], message: str
 ) -> None:
+    if args[0] in ("job", "workflow", "run"):  # what they say about a database that exists
+        assert cronium(tmp_path, "db", "upgrade").returncode == 0
     env_keys = os.environ.pop("CRONIUM_RUNTIME_KEYS", None)
     try:
         result = cronium(tmp_path, *args, timeout=60)
@@ -268,6 +272,8 @@ def test_bad_input_is_one_clear_line_and_changes_nothing(
     assert "Traceback" not in result.stderr + result.stdout
     if (tmp_path / "cli.db").exists():  # nothing was added
         assert cronium(tmp_path, "event", "list").stdout == ""
+    else:
+        assert not (tmp_path / "cli.db").exists()  # and no empty database was left behind
 
 
 def test_run_follow_says_when_no_worker_claims_the_job(tmp_path: Path) -> None:

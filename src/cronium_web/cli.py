@@ -308,7 +308,11 @@ async def _db_cmd(args: argparse.Namespace) -> int:
     from cronium_core import schema
     from cronium_core.datastore import DataStore
 
-    store = DataStore(url=_db(args))
+    url = _db(args)
+    path = _sqlite_file(url)
+    if args.action == "check" and path is not None and not path.exists():
+        raise SystemExit(f"cronium: no database at {path}")
+    store = DataStore(url=url)
     async with AsyncExitStack() as stack:
         stack.push_async_callback(store.engine.dispose)
         if args.action == "upgrade":
@@ -323,8 +327,26 @@ async def _db_cmd(args: argparse.Namespace) -> int:
 # -- events, jobs, workflows ---------------------------------------------------------------
 
 
-def _client(args: argparse.Namespace) -> Cronium:
-    return Cronium(_db(args), worker=False, scheduler=False)
+def _client(args: argparse.Namespace, *, creates: bool = False) -> Cronium:
+    """A Cronium for one command. Only a command that ``creates`` something may start a new
+    SQLite database; the others, pointed at a file that is not there (another directory?),
+    say so instead of showing an empty one."""
+    url = _db(args)
+    path = _sqlite_file(url)
+    if path is not None and not creates and not path.exists():
+        raise SystemExit(
+            f"cronium: no database at {path} (`cronium serve`, `cronium db upgrade` or "
+            "`cronium event add` makes one; or give --db)"
+        )
+    return Cronium(url, worker=False, scheduler=False)
+
+
+def _sqlite_file(url: str) -> Path | None:
+    """The file of a SQLite URL (``sqlite:///FILE``, ``sqlite+aiosqlite:///FILE``)."""
+    scheme, sep, rest = url.partition(":///")
+    if not sep or not scheme.startswith("sqlite") or not rest or rest.startswith(":memory:"):
+        return None
+    return Path(rest.partition("?")[0])
 
 
 def _schedule(args: argparse.Namespace) -> Schedule:
@@ -338,7 +360,7 @@ def _schedule(args: argparse.Namespace) -> Schedule:
 
 
 async def _event_cmd(args: argparse.Namespace) -> int:
-    async with _client(args) as cr:
+    async with _client(args, creates=args.action == "add") as cr:
         if args.action == "add":
             action: Script | HttpRequest
             if args.url:
