@@ -338,6 +338,9 @@ def _client(args: argparse.Namespace, *, creates: bool = False) -> Cronium:
             f"cronium: no database at {path} (`cronium serve`, `cronium db upgrade` or "
             "`cronium event add` makes one; or give --db)"
         )
+    # these commands encrypt and decrypt nothing: the warning about a key made up for this
+    # process is for those that do (serve, worker, runtime)
+    logging.getLogger("cronium.crypto").setLevel(logging.ERROR)
     return Cronium(url, worker=False, scheduler=False)
 
 
