@@ -295,3 +295,16 @@ def test_run_follow_says_when_no_worker_claims_the_job(tmp_path: Path) -> None:
     finally:
         follow.terminate()
         follow.wait(timeout=30)
+
+
+def test_commands_that_encrypt_nothing_do_not_warn_about_the_secret_keys(tmp_path: Path) -> None:
+    assert cronium(tmp_path, "db", "upgrade").returncode == 0
+    env = {k: v for k, v in os.environ.items() if k != "CRONIUM_SECRET_KEYS"}
+    env["CRONIUM_DATABASE_URL"] = f"sqlite:///{tmp_path / 'cli.db'}"
+    for args in (["event", "add", "e", "--code", "pass"], ["event", "list"], ["job", "list"]):
+        result = subprocess.run(
+            [sys.executable, "-m", "cronium_web.cli", *args],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        assert "CRONIUM_SECRET_KEYS" not in result.stderr
