@@ -308,3 +308,34 @@ def test_commands_that_encrypt_nothing_do_not_warn_about_the_secret_keys(tmp_pat
         )  # fmt: skip
         assert result.returncode == 0, result.stderr
         assert "CRONIUM_SECRET_KEYS" not in result.stderr
+
+
+def test_workflow_run_wait_shows_each_node(tmp_path: Path) -> None:
+    """The demo's workflow, run from the CLI with a worker elsewhere: `--wait` shows where
+    each node went (a broken sensor takes the failure branch, and the run still succeeds)."""
+    assert cronium(tmp_path, "serve", "--demo", "--exit-after-demo").returncode == 0
+    env = {**os.environ, "CRONIUM_DATABASE_URL": f"sqlite:///{tmp_path / 'cli.db'}"}
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "cronium_web.cli", "worker", "--poll-interval", "0.2"],
+        cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        high = cronium(tmp_path, "workflow", "run", "demo-pipeline", "--input",
+                       '{"reading": 80}', "--wait", "60")  # fmt: skip
+        broken = cronium(tmp_path, "workflow", "run", "demo-pipeline", "--input",
+                         '{"reading": -1}', "--wait")  # fmt: skip
+    finally:
+        worker.terminate()
+        worker.wait(timeout=30)
+    for result in (high, broken):
+        assert result.returncode == 0, result.stdout + result.stderr
+    nodes = {}
+    for name, result in (("high", high), ("broken", broken)):
+        run_id, summary, *lines = result.stdout.splitlines()
+        assert summary.startswith(f"workflow run {run_id}: succeeded in ")
+        nodes[name] = {line.split()[0]: line.split()[1] for line in lines}
+    assert nodes["high"] == {"measure": "succeeded", "report": "succeeded",
+                             "high": "succeeded", "alert": "skipped"}  # fmt: skip
+    assert nodes["broken"] == {"measure": "failed", "alert": "succeeded",
+                               "report": "skipped", "high": "skipped"}  # fmt: skip
+    assert '"reading": 80' in high.stdout  # the measure node's output

@@ -12,7 +12,7 @@
     cronium event add|list|show|remove|pause|resume
     cronium run EVENT [--input JSON] [--follow]
     cronium job show|cancel|logs JOB [--follow]
-    cronium workflow list|run NAME [--input JSON]
+    cronium workflow list|run NAME [--input JSON] [--wait]
 
 The database comes from ``--db`` or ``CRONIUM_DATABASE_URL`` (default: ``sqlite:///cronium.db``).
 """
@@ -492,6 +492,12 @@ async def _workflow_cmd(args: argparse.Namespace) -> int:
                 raise SystemExit("cronium workflow run: give the workflow name")
             run = await cr.workflows.run(args.name, _json_arg(args.input))
             print(run.id, flush=True)
+            if args.wait is not None:
+                # each node's status, duration and output: a run can succeed with a node failed
+                # (a failure branch taken) or skipped
+                run = await cr.workflows.wait(run.id, timeout=args.wait)
+                print_run(run)
+                return 0 if run.status == "succeeded" else 1
     return 0
 
 
@@ -627,7 +633,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("workflow", help="list and run workflows")
     p.add_argument("action", choices=["list", "run"])
     p.add_argument("name", nargs="?")
-    p.add_argument("--input")
+    p.add_argument("--input", help="JSON input, or @FILE")
+    p.add_argument(
+        "--wait",
+        type=_positive(float),
+        nargs="?",
+        const=600.0,
+        metavar="SECONDS",
+        help="wait for the run to end (at most SECONDS, 600 by default) and show its nodes",
+    )
     p.set_defaults(func=_workflow_cmd)
     return parser
 
