@@ -213,7 +213,8 @@ class SecretMasker:
         if isinstance(value, int | float) and not isinstance(value, bool):
             # a secret of digits, output as a number: the number goes (as the mask)
             text = json.dumps(value)
-            return self.mask(text) if self.mask(text) != text else value
+            masked = self.mask(text)
+            return masked if masked != text else value
         if isinstance(value, list | tuple):
             return [self.mask_value(item) for item in value]
         if isinstance(value, dict):

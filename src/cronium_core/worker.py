@@ -69,7 +69,6 @@ class _Masking:
         if self._masker is None:
             token = [self.token] if self.token else []
             self._masker = SecretMasker(sorted(self._known or ()), exact=token)
-            self._lines.masker = self._masker
         return self._masker
 
     @property

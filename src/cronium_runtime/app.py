@@ -375,7 +375,7 @@ class _Handlers:
         self, request: Request, execution_id: str | None
     ) -> tuple[Job, dict[str, Any]]:
         """The job and the JSON body of a call that sends one: the token checked before the
-        body is read and again once it has arrived (``RuntimeService.authorize_with_body``)."""
+        body is read, and again if the body was slow to come (``authorize_with_body``)."""
         return await self.service.authorize_with_body(
             _bearer(request), execution_id, functools.partial(self._body, request)
         )

@@ -345,11 +345,13 @@ def _client(args: argparse.Namespace, *, creates: bool = False) -> Cronium:
 
 
 def _sqlite_file(url: str) -> Path | None:
-    """The file of a SQLite URL (``sqlite:///FILE``, ``sqlite+aiosqlite:///FILE``)."""
-    scheme, sep, rest = url.partition(":///")
-    if not sep or not scheme.startswith("sqlite") or not rest or rest.startswith(":memory:"):
+    """The file of a SQLite URL; None for another database, or SQLite in memory."""
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
         return None
-    return Path(rest.partition("?")[0])
+    return Path(parsed.database)
 
 
 def _schedule(args: argparse.Namespace) -> Schedule:

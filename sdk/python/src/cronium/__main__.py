@@ -9,25 +9,17 @@ module's and ``runpy``'s frames) and exits with status 1; ``sys.exit`` works as 
 
 from __future__ import annotations
 
-import os
 import runpy
 import sys
 
 import cronium
-from cronium._run import report, script_traceback
+from cronium._run import prepare, report, script_traceback
 
 USAGE = "usage: python -m cronium SCRIPT [ARG ...]"
 
 
 def main(argv: list[str]) -> int:
-    if not argv or argv[0].startswith("-"):
-        print(USAGE, file=sys.stderr)
-        return 2
-    script = argv[0]
-    sys.argv = list(argv)
-    if not getattr(sys.flags, "safe_path", False):
-        # ``-m`` put the working directory first; ``python SCRIPT`` puts the script's directory
-        sys.path[0] = os.path.dirname(os.path.abspath(script))
+    script = prepare(argv, USAGE)
     try:
         runpy.run_path(script, init_globals={"cronium": cronium}, run_name="__main__")
     except Exception as exc:

@@ -34,15 +34,21 @@ def report(exc: BaseException, script: str) -> None:
     sys.excepthook(type(exc), exc.with_traceback(tb), tb)
 
 
-def main() -> None:
-    argv = sys.argv[1:]  # after "-c"
+def prepare(argv: list[str], usage: str) -> str:
+    """Set ``sys.argv`` and ``sys.path[0]`` as ``python SCRIPT [ARG ...]`` would (``-c`` and
+    ``-m`` put something else first on the path); the script, or exit 2 with ``usage``."""
     if not argv or argv[0].startswith("-"):
-        print(USAGE, file=sys.stderr)
+        print(usage, file=sys.stderr)
         sys.exit(2)
     script = argv[0]
-    sys.argv = argv
+    sys.argv = list(argv)
     if not getattr(sys.flags, "safe_path", False):
-        sys.path[0] = os.path.dirname(os.path.abspath(script))  # ``-c`` put "" there
+        sys.path[0] = os.path.dirname(os.path.abspath(script))
+    return script
+
+
+def main() -> None:
+    script = prepare(sys.argv[1:], USAGE)  # after "-c"
     try:
         with open(script, "rb") as file:
             source = file.read()
